@@ -1,0 +1,41 @@
+# Every target installs what it needs into .venv first, so each works on a fresh clone.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+EXP     ?= fig6_cifar10
+RUNS    ?= logs/multiruns
+export PYTHONHASHSEED := 0
+
+.PHONY: install demo test lint bench report sweep paper-figures clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) run.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	.venv/bin/ruff check src tests scripts run.py
+	.venv/bin/ruff format --check src tests scripts run.py
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+sweep: $(STAMP)
+	$(PY) scripts/sweep.py experiments/$(EXP).yaml $(ARGS)
+
+report: $(STAMP)
+	$(PY) scripts/report.py $(RUNS) --experiment experiments/$(EXP).yaml --out results/$(EXP)
+
+paper-figures: $(STAMP)
+	$(PY) scripts/paper_figures.py
+
+clean:
+	rm -rf logs outputs multirun .pytest_cache
