@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .layer import AdaptedLinear
-from .registry import Method, PeftError, resolve_method
+from .registry import PeftError, resolve_method
 
 # Task heads left to the task by default (never adapted): transformers' classifier and
 # LM head, timm's `head`, sequence-classification `score`.

@@ -78,8 +78,12 @@ class MoRA(Adapter):
             self.register_buffer("sin", sin.to(dev, dtype), persistent=False)
 
     def _chunks(self, x: Tensor) -> Tensor:
+        """Wrap-around padding x_pad[i] = x[i mod k]: `[x, x[:pad]]` as kongds/MoRA when pad <= k,
+        and x repeated as often as needed when r̂ > 2k (where the official code fails)."""
         if self.pad:
-            x = torch.cat((x, x[..., : self.pad]), dim=-1)
+            k, total = self.in_features, self.n_chunks * self.r
+            whole = (total - 1) // k  # copies of x that fit entirely, then a partial one
+            x = torch.cat((x,) * whole + (x[..., : total - whole * k],), dim=-1)
         return x.view(*x.shape[:-1], self.n_chunks, self.r)
 
     def _decompress(self, y: Tensor) -> Tensor:
@@ -106,7 +110,9 @@ class MoRA(Adapter):
         cols = torch.arange(n * r, device=m.device) % k  # padded input position -> original feature
         if self.mora_type == 1:
             comp = torch.zeros(r, k, device=m.device)
-            comp.index_put_((torch.arange(n * r, device=m.device) % r, cols), torch.ones(n * r, device=m.device), accumulate=True)
+            comp.index_put_(
+                (torch.arange(n * r, device=m.device) % r, cols), torch.ones(n * r, device=m.device), accumulate=True
+            )
             rows = m @ comp  # (r, k)
             return rows[torch.arange(self.out_features, device=m.device) % r]
         j = torch.zeros(r, r, device=m.device)

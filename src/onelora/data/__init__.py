@@ -1,0 +1,1 @@
+"""Datasets for the reproduction suite; every loader reads the real on-disk formats."""

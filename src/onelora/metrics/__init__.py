@@ -1,0 +1,1 @@
+"""Evaluation metrics for the reproduction suite (depth, ...)."""

@@ -1,0 +1,1 @@
+"""Lightning tasks and their losses."""

@@ -1,0 +1,122 @@
+"""`PeftTask`: the one LightningModule the four tasks share.
+
+A task subclass adds its loss (`training_loss`), its validation update (`validation_update`)
+and its metric (`compute_metrics`); this base owns the optimiser and schedule (from the
+config), divergence detection, best-so-far tracking of the task metric, adapter-only
+checkpoints, and the RNG state that makes a resumed run equal an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from torch import Tensor, nn
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+class PeftTask(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: dict[str, Any] | None = None,
+        metric_name: str = "loss",
+        metric_direction: str = "min",
+    ) -> None:
+        super().__init__()
+        if metric_direction not in ("min", "max"):
+            raise ValueError(f"metric_direction must be min or max, got {metric_direction!r}")
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler) if scheduler else None
+        self.metric_name, self.metric_direction = metric_name, metric_direction
+        self.best: float | None = None
+        self.final_metrics: dict[str, float] = {}
+        # checkpoints hold only what trains: frozen weights come from the pretrained source
+        self.strict_loading = False
+
+    # --- what a task provides -------------------------------------------------------------
+    def training_loss(self, batch: Any) -> Tensor:
+        raise NotImplementedError
+
+    def validation_update(self, batch: Any) -> Tensor | None:
+        """Update the task's metric state with one batch; may return a loss to log."""
+        raise NotImplementedError
+
+    def compute_metrics(self) -> dict[str, float]:
+        """The epoch's metrics (must include `metric_name`); resets the metric state."""
+        raise NotImplementedError
+
+    # --- shared loop pieces ---------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch)
+        if not torch.isfinite(loss.detach()):
+            raise DivergedError(f"loss is {loss.item()} at step {self.global_step}; lower the learning rate")
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=_batch_size(batch))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss = self.validation_update(batch)
+        if loss is not None:
+            self.log("val/loss", loss.detach(), on_epoch=True, sync_dist=True, batch_size=_batch_size(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.compute_metrics()
+            return
+        metrics = {k: float(v) for k, v in self.compute_metrics().items()}
+        value = metrics[self.metric_name]
+        if math.isfinite(value) and (self.best is None or self._better(value, self.best)):
+            self.best = value
+        for k, v in metrics.items():
+            self.log(f"val/{k}", v, sync_dist=False)
+        if self.best is not None:
+            self.log(f"val/{self.metric_name}_best", self.best, prog_bar=True)
+        loss = self.trainer.callback_metrics.get("val/loss")
+        self.final_metrics = {**metrics, **({"loss": float(loss)} if loss is not None else {})}
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.metric_direction == "min" else a > b
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the method leaves no parameter to train")
+        optimizer = self.optimizer_factory(params)
+        if not self.scheduler_cfg:
+            return optimizer
+        from transformers import get_scheduler
+
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(math.ceil(self.scheduler_cfg.get("warmup_ratio", 0.0) * total))
+        sched = get_scheduler(self.scheduler_cfg["name"], optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- checkpoints: trainable tensors, best-so-far and RNG state only ---------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        buffers = {f"model.{n}" for n, _ in self.model.named_buffers()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable | buffers}
+        checkpoint["onelora"] = {"best": self.best, "rng": _collect_rng_states(include_cuda=torch.cuda.is_available())}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("onelora", {})
+        self.best = state.get("best")
+        if "rng" in state:
+            _set_rng_states(state["rng"])
+
+
+def _batch_size(batch: Any) -> int | None:
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()))
+    if isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    return int(batch.shape[0]) if isinstance(batch, Tensor) else None

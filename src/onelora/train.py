@@ -1,0 +1,298 @@
+"""`run(cfg)`: seed, build the model and the method, fit, validate, write `result.json`.
+
+Everything comes from the composed Hydra config (see configs/). The run directory is
+deterministic, so re-running a command resumes from `checkpoints/last.ckpt`, and a run
+whose record says `ok` is skipped (resubmitting a sweep only runs what is missing).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .models import ModelError, build_model
+from .peft import DEFAULT_HEADS, ParameterCount, PeftError, apply_peft, count_parameters, merge_peft
+
+log = logging.getLogger("onelora")
+
+RECORD = "result.json"
+
+
+class ConfigError(ValueError):
+    """A configuration the user can fix (one clear line)."""
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors printed as one line by run.py, without a traceback."""
+    from .data.errors import DatasetFormatError
+
+    return (ConfigError, PeftError, ModelError, DatasetFormatError)
+
+
+# --- building -------------------------------------------------------------------------------
+def peft_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """apply_peft's arguments from the model and peft config groups."""
+    targets = cfg.model.targets.get(cfg.peft.targets)
+    if targets is None:
+        raise ConfigError(
+            f"model {cfg.model.name} names no target modules for role {cfg.peft.targets!r} "
+            f"(peft {cfg.peft.name}); its roles: {', '.join(cfg.model.targets)}"
+        )
+    heads = list(cfg.model.get("head") or [])
+    return {
+        "target_modules": targets if isinstance(targets, str) else list(targets),
+        "exclude_modules": DEFAULT_HEADS + heads,
+        "head": heads if cfg.task.get("train_head", False) else None,
+        "seed": cfg.seed,
+        **OmegaConf.to_container(cfg.peft.options, resolve=True),
+    }
+
+
+def build_peft_model(cfg: DictConfig, meta: bool = False) -> tuple[torch.nn.Module, ParameterCount]:
+    model = build_model(cfg.model, pretrained=not meta, meta=meta)
+    apply_peft(model, cfg.peft.name, **peft_kwargs(cfg))
+    return model, count_parameters(model)
+
+
+def check_fit(cfg: DictConfig) -> None:
+    kinds = list(cfg.task.get("model_kinds") or [])
+    if kinds and cfg.model.get("kind") not in kinds:
+        raise ConfigError(
+            f"model {cfg.model.name} ({cfg.model.get('kind')}) does not fit task {cfg.task.name}, "
+            f"which needs a model of kind {', '.join(kinds)}; choose another model= or task="
+        )
+
+
+# --- the dry run ----------------------------------------------------------------------------
+def dry_run(cfg: DictConfig) -> dict[str, int]:
+    """Build on the meta device, apply the method, print the summary; no weights, no data."""
+    model, counts = build_peft_model(cfg, meta=True)
+    lines = [
+        f"model: {cfg.model.name} ({type(model).__name__}), pretrained: {cfg.model.get('pretrained')}",
+        f"peft: {cfg.peft.name}, targets: {cfg.peft.targets}, options: {OmegaConf.to_container(cfg.peft.options)}",
+        "trainable by group: " + ", ".join(f"{k}={v:,}" for k, v in sorted(counts.groups.items())),
+        f"trainable fraction: {counts.trainable / max(counts.total, 1):.6%}",
+    ]
+    values = {
+        "peft_params": counts.peft,
+        "head_params": counts.head,
+        "trainable_params": counts.trainable,
+        "total_params": counts.total,
+        "adapted_layers": counts.adapted_layers,
+    }
+    print("\n".join(lines + [f"{k}={v}" for k, v in values.items()]))
+    return values
+
+
+# --- the run record -------------------------------------------------------------------------
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def git_sha() -> str | None:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for pkg in ("onelora", "torch", "lightning", "transformers", "diffusers", "timm", "torchmetrics", "hydra-core", "peft"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def base_record(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "peft": cfg.peft.name,
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "name": cfg.name,
+        "status": "running",
+        "metric_name": cfg.task.metric.name,
+        "metric_direction": cfg.task.metric.direction,
+        "metric_best": None,
+        "metrics": {},
+        "overrides": hydra_overrides(),
+        "git_sha": git_sha(),
+        "versions": versions(),
+        "started_at": _now(),
+    }
+
+
+# --- the run --------------------------------------------------------------------------------
+def is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and validate as `cfg` says; returns the run record (also written to result.json)."""
+    if cfg.dry_run:
+        return dry_run(cfg)
+    check_fit(cfg)
+    out = Path(cfg.paths.output_dir)
+    record_path = out / RECORD
+    previous = read_record(record_path)
+    if previous and previous.get("status") == "ok" and not cfg.rerun:
+        print(f"already done: {record_path} ({previous['metric_name']}={previous['metric_best']}); rerun=true to redo")
+        return previous
+    ensure_pretrained(cfg)
+
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from .callbacks import EfficiencyMonitor
+    from .tasks.base import DivergedError
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    record = base_record(cfg)
+    if previous:
+        record["started_at"] = previous.get("started_at", record["started_at"])
+    monitor: EfficiencyMonitor | None = None
+    trainer = None
+    try:
+        model, counts = build_peft_model(cfg)
+        record.update(
+            peft_params=counts.peft,
+            head_params=counts.head,
+            trainable_params=counts.trainable,
+            total_params=counts.total,
+            adapted_layers=counts.adapted_layers,
+            params_by_group=counts.groups,
+        )
+        datamodule = instantiate(cfg.data.module)
+        task = instantiate(
+            cfg.task.module,
+            model=model,
+            optimizer=instantiate(cfg.task.optimizer),
+            scheduler=OmegaConf.to_container(cfg.task.scheduler) if cfg.task.get("scheduler") else None,
+        )
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+        monitor = next((c for c in callbacks if isinstance(c, EfficiencyMonitor)), None)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        for lg in loggers:
+            lg.log_hyperparams({"peft_params": counts.peft, "trainable_params": counts.trainable, "total_params": counts.total})
+        last = out / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resuming from %s", last)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+        if trainer.interrupted:
+            record["status"] = "interrupted"
+        else:
+            record["status"] = "ok"
+        record["metric_best"] = task.best
+        record["metrics"] = task.final_metrics
+        if record["status"] == "ok" and cfg.get("export_to") and is_rank_zero():
+            export_model(model, cfg.export_to)
+            record["exported_to"] = str(cfg.export_to)
+    except DivergedError as e:
+        record.update(status="diverged", error=str(e))
+        print(f"run diverged: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        raise
+    except BaseException as e:
+        record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if monitor is not None:
+            record.update(monitor.summary())
+        record["finished_at"] = _now()
+        if is_rank_zero():
+            write_json_atomic(record_path, record)
+        _finish_wandb()
+    _print_summary(record, record_path)
+    return record
+
+
+def export_model(model: torch.nn.Module, path: str) -> None:
+    """Merge the method into plain layers and write a `from_pretrained`-loadable folder."""
+    merge_peft(model)
+    if not hasattr(model, "save_pretrained"):
+        raise ConfigError(f"export_to needs a transformers/diffusers model; {type(model).__name__} has no save_pretrained")
+    model.save_pretrained(path)
+
+
+def ensure_pretrained(cfg: DictConfig) -> None:
+    """Make the model's local pretrained weights first if the model config says how (the quickstart)."""
+    source, recipe = cfg.model.get("pretrained"), cfg.model.get("pretrain_experiment")
+    if not source or not recipe or Path(source).exists():
+        return
+    from hydra import compose
+
+    print(f"pretrained weights {source} not found: making them with experiment={recipe} (once, then cached)")
+    sub = compose(
+        config_name="config",
+        overrides=[
+            f"experiment={recipe}",
+            f"seed={cfg.seed}",
+            f"paths.root_dir={cfg.paths.root_dir}",
+            f"paths.cache_dir={cfg.paths.cache_dir}",
+            f"+paths.pretrain_dir={Path(source).parent / (Path(source).name + '_run')}",
+            "logger=none",
+        ],
+    )
+    with open_dict(sub):
+        sub.paths.output_dir = sub.paths.pretrain_dir
+        sub.rerun = True
+        sub.export_to = source
+    record = run(sub)
+    if record.get("status") != "ok":
+        raise ConfigError(f"pre-training for {cfg.model.name} ended with status {record.get('status')}")
+
+
+def _finish_wandb() -> None:
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+def _print_summary(record: dict[str, Any], path: Path) -> None:
+    best = record.get("metric_best")
+    best_s = "n/a" if best is None else f"{best:.4f}"
+    print(
+        f"{record['status']}: {record['task']} {record['model']} {record['peft']} seed={record['seed']} | "
+        f"{record['metric_name']} best={best_s} | time {record.get('time_total_s', 0):.1f}s | "
+        f"trainable {record.get('trainable_params', 0):,} (peft {record.get('peft_params', 0):,}) | record {path}"
+    )
