@@ -54,7 +54,7 @@ def parse(method: str) -> tuple[str | None, set[str]]:
     if method in ("bias", "gamma", "norms", "head", "full"):
         return None, {method} & EXTRA_NAMES
     for name in sorted(ADAPTER_PARAMS, key=len, reverse=True):
-        if method == name or method.startswith(name + "_") and set(method[len(name) + 1 :].split("_")) <= EXTRA_NAMES:
+        if method == name or (method.startswith(name + "_") and set(method[len(name) + 1 :].split("_")) <= EXTRA_NAMES):
             return name, set(method[len(name) + 1 :].split("_")) - {""}
     raise AssertionError(f"test does not know {method}")
 

@@ -135,7 +135,7 @@ def hydra_overrides() -> list[str]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def base_record(cfg: DictConfig) -> dict[str, Any]:
@@ -167,13 +167,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as `cfg` says; returns the run record (also written to result.json)."""
     if cfg.dry_run:
         return dry_run(cfg)
+    return train(cfg)[0]
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
+    """`run` without the dry-run branch; also returns the trained LightningModule (None if skipped)."""
     check_fit(cfg)
     out = Path(cfg.paths.output_dir)
     record_path = out / RECORD
     previous = read_record(record_path)
     if previous and previous.get("status") == "ok" and not cfg.rerun:
         print(f"already done: {record_path} ({previous['metric_name']}={previous['metric_best']}); rerun=true to redo")
-        return previous
+        return previous, None
     ensure_pretrained(cfg)
 
     import lightning as L
@@ -187,7 +192,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if previous:
         record["started_at"] = previous.get("started_at", record["started_at"])
     monitor: EfficiencyMonitor | None = None
-    trainer = None
+    task = None
     try:
         model, counts = build_peft_model(cfg)
         record.update(
@@ -241,7 +246,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             write_json_atomic(record_path, record)
         _finish_wandb()
     _print_summary(record, record_path)
-    return record
+    return record, task
 
 
 def export_model(model: torch.nn.Module, path: str) -> None:
@@ -269,6 +274,7 @@ def ensure_pretrained(cfg: DictConfig) -> None:
             f"paths.cache_dir={cfg.paths.cache_dir}",
             f"+paths.pretrain_dir={Path(source).parent / (Path(source).name + '_run')}",
             "logger=none",
+            *cfg.model.get("pretrain_overrides", []),
         ],
     )
     with open_dict(sub):

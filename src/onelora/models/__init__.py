@@ -10,8 +10,8 @@ id or a local directory; `null` builds the architecture with random weights).
 from __future__ import annotations
 
 import importlib
-from contextlib import nullcontext
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
