@@ -1,8 +1,8 @@
 # Every target installs what it needs into .venv first, so each works on a fresh clone.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
-EXP     ?= fig6_cifar10
-RUNS    ?= logs/multiruns
+EXP     ?= fig6
+RUNS    ?=
 export PYTHONHASHSEED := 0
 
 .PHONY: install demo test lint bench report sweep paper-figures clean
@@ -28,11 +28,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench.py
 
+# EXP names a manifest in experiments/ (fig6, table2, ...; aliases like fig6_cifar10 work too).
+# make sweep EXP=fig6 ARGS="hydra/launcher=slurm hydra.launcher.partition=gpu"
 sweep: $(STAMP)
-	$(PY) scripts/sweep.py experiments/$(EXP).yaml $(ARGS)
+	$(PY) scripts/sweep.py $(EXP) $(ARGS)
 
+# Scans the manifest's run dirs (or RUNS="dir1 dir2") and writes results/$(EXP)/.
 report: $(STAMP)
-	$(PY) scripts/report.py $(RUNS) --experiment experiments/$(EXP).yaml --out results/$(EXP)
+	$(PY) scripts/report.py $(RUNS) --experiment $(EXP) --out results/$(EXP)
 
 paper-figures: $(STAMP)
 	$(PY) scripts/paper_figures.py

@@ -49,10 +49,13 @@ def peft_kwargs(cfg: DictConfig) -> dict[str, Any]:
             f"(peft {cfg.peft.name}); its roles: {', '.join(cfg.model.targets)}"
         )
     heads = list(cfg.model.get("head") or [])
+    # the task decides whether its head trains; a dry run of a model outside the task uses the model's default
+    fits = cfg.model.get("kind") in (cfg.task.get("model_kinds") or [cfg.model.get("kind")])
+    train_head = cfg.task.get("train_head", False) if fits else cfg.model.get("train_head", False)
     return {
         "target_modules": targets if isinstance(targets, str) else list(targets),
-        "exclude_modules": DEFAULT_HEADS + heads,
-        "head": heads if cfg.task.get("train_head", False) else None,
+        "exclude_modules": list(dict.fromkeys(DEFAULT_HEADS + heads)),
+        "head": heads if train_head else None,
         "seed": cfg.seed,
         **OmegaConf.to_container(cfg.peft.options, resolve=True),
     }
@@ -179,6 +182,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     if previous and previous.get("status") == "ok" and not cfg.rerun:
         print(f"already done: {record_path} ({previous['metric_name']}={previous['metric_best']}); rerun=true to redo")
         return previous, None
+    if previous and previous.get("status") == "ok" and (out / "checkpoints").is_dir():
+        # rerun=true starts afresh; the finished run's checkpoints are kept aside, not deleted
+        (out / "checkpoints").rename(out / f"checkpoints.{previous.get('finished_at', 'old').replace(':', '')}")
     ensure_pretrained(cfg)
 
     import lightning as L

@@ -5,6 +5,9 @@ hyperparameters (`arch`, enough to build it without a download, e.g. on the meta
 device for the dry run), and where pretrained weights come from (`pretrained`: a hub
 id or a local directory; `null` builds the architecture with random weights).
 `overrides` are applied in both cases (a new head's `num_labels`, a depth range, ...).
+`gradient_checkpointing: true` turns on activation checkpointing where the library supports it
+(transformers, diffusers, timm); `pretrained_hint` is appended to the "weights not found" error
+(e.g. the experiment that makes a local source checkpoint).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def build_model(spec: Mapping, *, pretrained: bool = True, meta: bool = False) -
         raise ModelError(
             f"pretrained weights {source!r} not found; set model.pretrained= to a hub id or a directory "
             "written by save_pretrained, or model.pretrained=null for random weights"
+            + (f"; {spec['pretrained_hint']}" if spec.get("pretrained_hint") else "")
         )
     with torch.device("meta") if meta else nullcontext():
         if library == "transformers":
@@ -67,7 +71,23 @@ def build_model(spec: Mapping, *, pretrained: bool = True, meta: bool = False) -
             model = _build_timm(spec, arch, overrides, source)
         else:
             raise ModelError(f"unknown model library {library!r}; valid: transformers, diffusers, timm")
+    if spec.get("gradient_checkpointing") and not meta:
+        enable_gradient_checkpointing(model)
     return model
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing through the model library's own switch (non-reentrant: frozen inputs are fine)."""
+    if hasattr(model, "gradient_checkpointing_enable") and getattr(model, "supports_gradient_checkpointing", True):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # transformers
+    elif hasattr(model, "enable_gradient_checkpointing"):
+        model.enable_gradient_checkpointing()  # diffusers
+    elif hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)  # timm
+    else:
+        raise ModelError(
+            f"{type(model).__name__} has no activation checkpointing switch; set model.gradient_checkpointing=false"
+        )
 
 
 def _looks_local(source: str) -> bool:

@@ -9,12 +9,13 @@ checkpoints, and the RNG state that makes a resumed run equal an uninterrupted o
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from torch import Tensor, nn
 
 
@@ -105,13 +106,33 @@ class PeftTask(L.LightningModule):
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         buffers = {f"model.{n}" for n, _ in self.model.named_buffers()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable | buffers}
-        checkpoint["onelora"] = {"best": self.best, "rng": _collect_rng_states(include_cuda=torch.cuda.is_available())}
+        checkpoint["onelora"] = {"best": self.best, "rng": rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("onelora", {})
         self.best = state.get("best")
         if "rng" in state:
-            _set_rng_states(state["rng"])
+            set_rng_state(state["rng"])
+
+
+def rng_state() -> dict[str, Any]:
+    """torch, CUDA, numpy and python RNG states in types `torch.load(weights_only=True)` accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
 
 
 def _batch_size(batch: Any) -> int | None:

@@ -1,0 +1,42 @@
+"""Aggregate run records into the paper's table and figures, beside the paper's numbers.
+
+    python scripts/report.py RUNS_DIR [RUNS_DIR ...] --out OUT_DIR [--experiment MANIFEST]
+    python scripts/report.py --experiment fig6 --out results/fig6      # the manifest's runs dirs
+                                                                        # (and logs/runs/<experiment>)
+
+Writes OUT_DIR/{table.md, table.tex, summary.csv, bubble.png, memory.png} and prints the coverage
+(missing seeds, failed/diverged/interrupted runs, unreadable records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from onelora.report import ManifestError, ReportError, load_manifest, write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs_dirs", nargs="*", type=Path, help="directories to scan for result.json")
+    ap.add_argument("--out", type=Path, help="output directory (default: results/<manifest name> or results/report)")
+    ap.add_argument("--experiment", help="manifest: experiments/<name>.yaml, a path, or a name/alias like fig6")
+    args = ap.parse_args(argv)
+    try:
+        manifest = load_manifest(args.experiment) if args.experiment else None
+        dirs = args.runs_dirs or ([d for g in manifest.groups for d in g.dirs] if manifest else [])
+        if not dirs:
+            raise ReportError("give a RUNS_DIR to scan or --experiment MANIFEST")
+        out = args.out or Path("results") / (manifest.name if manifest else "report")
+        report = write_report(dirs, out, manifest)
+    except (ManifestError, ReportError) as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 2
+    print((out / "table.md").read_text())
+    print(f"wrote {', '.join(str(f) for f in report.files)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Hydra composition of every config, and the dry run's exact parameter counts (Table 1 formulas)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import CONFIGS, ROOT, hydra_cfg
+
+from onelora.peft import available_methods
+from onelora.train import dry_run
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+PEFT_NAMES = sorted(p.stem for p in (CONFIGS / "peft").glob("*.yaml"))
+CONTRACT = ["onelora", "onelora_random", "lora", "lora_qkv", "dora", "vera", "mora1", "mora6", "bitfit", "difffit",
+            "full", "head", "norms", "bias", "gamma", "onelora_bias", "onelora_norms", "onelora_gamma",
+            "onelora_bias_norms", "onelora_bias_gamma", "onelora_gamma_norms", "onelora_bias_gamma_norms"]  # fmt: skip
+
+
+def test_peft_group_is_the_contract_and_every_name_resolves() -> None:
+    assert sorted(CONTRACT) == PEFT_NAMES
+    assert set(available_methods()) <= set(PEFT_NAMES)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(tmp_path: Path, experiment: str) -> None:
+    with hydra_cfg(tmp_path, f"experiment={experiment}") as cfg:
+        for group in ("task", "model", "peft", "data", "trainer"):
+            assert cfg[group] is not None
+        assert cfg.peft.targets in cfg.model.targets
+        assert cfg.model.kind in cfg.task.model_kinds
+
+
+# (in_features, out_features) of every linear layer the paper adapts, written from the architectures
+def vit_b() -> list[tuple[int, int]]:
+    return 12 * ([(768, 768)] * 4 + [(768, 3072), (3072, 768)])
+
+
+def llama(h: int, i: int, n: int) -> list[tuple[int, int]]:
+    return n * ([(h, h)] * 4 + [(h, i), (h, i), (i, h)])
+
+
+def depth_anything_large() -> list[tuple[int, int]]:  # transformers' DINOv2: q, k, v split
+    return 24 * ([(1024, 1024)] * 4 + [(1024, 4096), (4096, 1024)])
+
+
+def r_hat(d: int, even: bool) -> int:
+    r = int(math.sqrt(d) + 0.5)
+    return r // 2 * 2 if even else r
+
+
+FORMULAS = {  # the paper's Table 1, per layer
+    "onelora": lambda k, d: d,
+    "bitfit": lambda k, d: d,
+    "lora": lambda k, d: k + d,
+    "dora": lambda k, d: k + 2 * d,
+    "vera": lambda k, d: d + 1,
+    "mora1": lambda k, d: r_hat(d, False) ** 2,
+    "mora6": lambda k, d: r_hat(d, True) ** 2,
+}
+MODELS = {
+    "vit_base_in21k": (vit_b(), 12 * 2 * 2 * 768 + 2 * 768),  # layers, norm parameters (LN weight + bias)
+    "llama2_7b": (llama(4096, 11008, 32), (2 * 32 + 1) * 4096),  # RMSNorm weight only
+    "llama2_13b": (llama(5120, 13824, 40), (2 * 40 + 1) * 5120),
+    "depth_anything_large": (depth_anything_large(), 24 * 2 * 2 * 1024 + 2 * 1024),
+}
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("method", [*FORMULAS, "difffit", "lora_qkv", "onelora_norms"])
+def test_dry_run_counts_follow_table1(tmp_path: Path, model: str, method: str, capsys: pytest.CaptureFixture) -> None:
+    layers, norms = MODELS[model]
+    if method in FORMULAS:
+        expected = sum(FORMULAS[method](k, d) for k, d in layers)
+    elif method == "difffit":  # γ and β per layer, plus the norms
+        expected = 2 * sum(d for _, d in layers) + norms
+    elif method == "onelora_norms":
+        expected = sum(d for _, d in layers) + norms
+    else:  # LoRA on q, k, v: the first three layers of each block
+        per_block = 7 if model.startswith("llama") else 6
+        expected = sum(k + d for i, (k, d) in enumerate(layers) if i % per_block < 3)
+    with hydra_cfg(tmp_path, f"model={model}", f"peft={method}", "dry_run=true") as cfg:
+        values = dry_run(cfg)
+    assert values["peft_params"] == expected
+    adapted = len(layers) if method not in ("lora_qkv",) else len(layers) * 3 // (7 if model.startswith("llama") else 6)
+    assert values["adapted_layers"] == adapted
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-5:] == [f"{k}={values[k]}" for k in ("peft_params", "head_params", "trainable_params", "total_params", "adapted_layers")]
+
+
+def test_paper_counts_where_the_architecture_matches(tmp_path: Path) -> None:
+    """Counts printed in the paper: LLaMA-2 7B 1LoRA 1.36M, LoRA(QKV) 786.43K, MoRA 1.36M/1.35M; DA-L 1LoRA 221.18K."""
+    cases = {
+        ("llama2_7b", "onelora"): 1_359_872,
+        ("llama2_7b", "lora_qkv"): 786_432,
+        ("llama2_7b", "mora1"): 1_360_960,
+        ("llama2_7b", "mora6"): 1_347_584,
+        ("llama2_13b", "onelora"): 2_129_920,
+        ("depth_anything_large", "onelora"): 221_184,
+        ("depth_anything_large", "bitfit"): 221_184,
+    }
+    for (model, method), count in cases.items():
+        with hydra_cfg(tmp_path, f"model={model}", f"peft={method}", "dry_run=true") as cfg:
+            assert dry_run(cfg)["peft_params"] == count, (model, method)
+
+
+def test_full_and_head_and_every_model_total(tmp_path: Path) -> None:
+    totals = {"llama2_7b": 6_738_415_616, "depth_anything_large": 335_315_649}
+    for model, total in totals.items():
+        with hydra_cfg(tmp_path, f"model={model}", "peft=full", "dry_run=true") as cfg:
+            v = dry_run(cfg)
+        assert v["total_params"] == total and v["trainable_params"] == total and v["adapted_layers"] == 0
+
+
+def test_dry_run_cli_prints_the_contract_lines() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "model=llama2_7b", "peft=onelora", "dry_run=true"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = dict(line.split("=", 1) for line in proc.stdout.strip().splitlines()[-5:])
+    assert lines == {"peft_params": "1359872", "head_params": "0", "trainable_params": "1359872",
+                     "total_params": str(6_738_415_616 + 1_359_872), "adapted_layers": "224"}  # fmt: skip

@@ -1,0 +1,149 @@
+"""The training pipeline on CPU: records, frozen weights, resume, determinism, loggers, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from helpers import ROOT, hydra_cfg, write_cifar10
+
+from onelora.train import build_peft_model, train
+
+RECORD_FIELDS = {
+    "task", "model", "peft", "data", "seed", "status", "metric_name", "metric_direction", "metric_best", "metrics",
+    "time_train_s", "time_val_s", "time_total_s", "peak_mem_bytes", "peak_mem_frac", "device", "peft_params",
+    "head_params", "trainable_params", "total_params", "adapted_layers", "overrides", "git_sha", "versions",
+    "started_at", "finished_at",
+}  # fmt: skip
+
+
+@pytest.fixture
+def cifar(tmp_path: Path) -> Path:
+    write_cifar10(tmp_path / "data" / "cifar_synthetic")
+    return tmp_path
+
+
+def smoke(tmp: Path, *overrides: str):
+    with hydra_cfg(tmp, "experiment=smoke_classification", *overrides) as cfg:
+        return train(cfg)
+
+
+@pytest.mark.parametrize("method", ["onelora", "bitfit"])
+def test_smoke_classification_trains_only_the_method(cifar: Path, method: str) -> None:
+    with hydra_cfg(cifar, "experiment=smoke_classification", f"peft={method}") as cfg:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        before, _ = build_peft_model(cfg)  # the same seeded build the run makes
+        record, task = train(cfg)
+    assert RECORD_FIELDS <= set(record), RECORD_FIELDS - set(record)
+    assert record["status"] == "ok" and record["metric_name"] == "accuracy" and record["metric_direction"] == "max"
+    assert 0.0 <= record["metric_best"] <= 1.0 and "accuracy" in record["metrics"]
+    assert record["peak_mem_bytes"] is None and record["device"] == "cpu" and record["peak_rss_bytes"] > 0
+    assert record["time_total_s"] == pytest.approx(record["time_train_s"] + record["time_val_s"])
+    # tiny ViT: 2 blocks of q,k,v,o (32->32), fc1 (32->64), fc2 (64->32); head 32*10+10
+    assert record["peft_params"] == 2 * (4 * 32 + 64 + 32) and record["head_params"] == 330
+    assert record["adapted_layers"] == 12
+    assert json.loads((cifar / "run" / "result.json").read_text()) == json.loads(json.dumps(record, default=str))
+
+    after = dict(task.model.named_parameters())
+    for name, p in before.named_parameters():
+        if p.requires_grad:
+            assert not torch.equal(p, after[name]), f"{name} should have trained"
+        else:
+            assert torch.equal(p, after[name]), f"frozen {name} changed"
+    trained = {n for n, p in before.named_parameters() if p.requires_grad}
+    expected = {n for n in trained if n.startswith("classifier.")}
+    assert expected and trained - expected, trained
+    suffix = ".adapter.b" if method == "onelora" else ".bias"
+    assert all(n.endswith(suffix) for n in trained - expected)
+
+
+def test_same_seed_same_metrics(cifar: Path) -> None:
+    a, _ = smoke(cifar / "a", "peft=onelora", f"paths.data_dir={cifar / 'data'}", f"paths.output_dir={cifar / 'a'}")
+    b, _ = smoke(cifar / "b", "peft=onelora", f"paths.data_dir={cifar / 'data'}", f"paths.output_dir={cifar / 'b'}")
+    assert a["metrics"] == b["metrics"] and a["metric_best"] == b["metric_best"]
+
+
+def test_finished_run_is_skipped_and_rerun_redoes_it(cifar: Path) -> None:
+    first, task = smoke(cifar, "peft=onelora")
+    again, task2 = smoke(cifar, "peft=onelora")
+    assert task2 is None and again["finished_at"] == first["finished_at"]
+    redo, task3 = smoke(cifar, "peft=onelora", "rerun=true")
+    assert task3 is not None and redo["status"] == "ok"
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})},
+        timeout=300,
+    )
+
+
+def test_resume_after_kill_matches_uninterrupted(cifar: Path) -> None:
+    common = ["experiment=smoke_classification", "peft=onelora", "trainer.max_epochs=3", f"paths.data_dir={cifar / 'data'}"]
+    killed = cifar / "killed"
+    args = [*common, f"hydra.run.dir={killed}", f"paths.output_dir={killed}"]
+    proc = _cli(*args, "+callbacks.kill._target_=helpers.KillAtEpochStart", "+callbacks.kill.epoch=2")
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (killed / "checkpoints" / "last.ckpt").is_file()
+    assert not (killed / "result.json").exists()  # a killed process writes nothing marked ok
+    proc = _cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    resumed = json.loads((killed / "result.json").read_text())
+    straight, _ = smoke(cifar / "straight", *common, f"paths.output_dir={cifar / 'straight'}")
+    assert resumed["status"] == "ok"
+    assert resumed["metrics"] == pytest.approx(straight["metrics"], abs=1e-6)
+    assert resumed["metric_best"] == pytest.approx(straight["metric_best"], abs=1e-6)
+
+
+def test_divergence_is_recorded(cifar: Path) -> None:
+    record, _ = smoke(cifar, "peft=onelora", "task.optimizer.lr=1e30")
+    assert record["status"] == "diverged" and "lower the learning rate" in record["error"]
+
+
+def test_wandb_offline_writes_a_run(cifar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    record, _ = smoke(cifar, "peft=onelora", "logger=wandb")
+    assert record["status"] == "ok"
+    runs = list((cifar / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()  # history records carry the metric keys as JSON
+    assert b"val/accuracy" in log and b"train/loss_epoch" in log and b"peft_params" in log
+
+
+def test_quickstart_with_reduced_budget(tmp_path: Path) -> None:
+    """`python run.py` pre-trains the digits ViT once (cached), then fine-tunes it with 1LoRA."""
+    budget = ["trainer.max_epochs=3", "+model.pretrain_overrides=['trainer.max_epochs=8']"]
+    with hydra_cfg(tmp_path, *budget) as cfg:
+        record, _ = train(cfg)
+    assert (tmp_path / "cache" / "vit_digits_0-4" / "config.json").is_file()
+    pre = json.loads((tmp_path / "cache" / "vit_digits_0-4_run" / "result.json").read_text())
+    assert pre["status"] == "ok" and pre["peft"] == "full" and pre["metric_best"] > 0.6
+    assert record["status"] == "ok" and record["peft"] == "onelora" and record["data"] == "digits_5-9"
+    assert record["metric_best"] > 0.3  # chance is 0.2
+
+
+def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
+    paths = [f"paths.data_dir={tmp_path / 'nodata'}", f"hydra.run.dir={tmp_path / 'r'}", f"paths.output_dir={tmp_path / 'r'}"]
+    proc = _cli("experiment=smoke_classification", *paths)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: CIFAR-10 not found") and "paths.data_dir=" in err
+    record = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert record["status"] == "failed"
+
+    proc = _cli("model=llama_tiny", "task=classification", *paths)
+    assert proc.returncode == 2 and "does not fit task classification" in proc.stderr
+
+    proc = _cli("peft=nosuchmethod", "dry_run=true")
+    assert proc.returncode != 0 and "onelora" in proc.stderr and "nosuchmethod" in proc.stderr
