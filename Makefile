@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole pipeline in miniature: sweep 4 methods x 2 seeds on the quickstart, then the table and bubble plot.
 demo: $(STAMP)
-	$(PY) run.py
+	$(PY) scripts/sweep.py demo
+	$(PY) scripts/report.py --experiment demo --out results/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
