@@ -8,29 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_depth import RGB
+from fixtures_depth import write_png16 as _write_png16
+from fixtures_depth import write_rgb as _write_rgb
 from PIL import Image
 from torch.utils.data import default_collate
 
 from onelora.data.depth import IMAGENET_MEAN, IMAGENET_STD, DiodeDataset, SplitFileDepthDataset, input_hw
 from onelora.data.errors import DatasetFormatError
 
-RGB = (128, 64, 200)
-
 
 def _normalised(rgb: tuple[int, int, int]) -> torch.Tensor:
     return torch.tensor([(c / 255 - m) / s for c, m, s in zip(rgb, IMAGENET_MEAN, IMAGENET_STD)])
-
-
-def _write_rgb(path: Path, h: int, w: int, fmt: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.empty((h, w, 3), dtype=np.uint8)
-    arr[...] = RGB
-    Image.fromarray(arr).save(path, format=fmt, **({"quality": 100} if fmt == "JPEG" else {}))
-
-
-def _write_png16(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr.astype(np.uint16)).save(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

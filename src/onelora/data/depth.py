@@ -30,21 +30,27 @@ U(-rotate_degrees, rotate_degrees) (bilinear image, nearest depth; ZoeDepth defa
 of image and depth with p = 0.5, then with p = 0.5: ``clip(x**gamma * brightness * colour_c, 0, 1)`` with
 gamma ~ U(0.9, 1.1), brightness ~ U(0.75, 1.25) for NYU and U(0.9, 1.1) otherwise, colour_c ~ U(0.9, 1.1) per
 channel. Randomness comes from torch's global RNG, so DataLoader workers are seeded by PyTorch.
+
+:class:`DepthDataModule` builds the train/validation sets of one data set from a ``configs/data/*.yaml`` entry
+(layouts in :data:`DATA_LAYOUTS`); :func:`warn_max_depth_mismatch` warns once when a metric model's output range
+differs from the data set's.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import lightning as L
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from onelora.data.errors import DatasetFormatError
 
@@ -59,6 +65,9 @@ __all__ = [
     "DepthSampleTransform",
     "SplitFileDepthDataset",
     "DiodeDataset",
+    "DATA_LAYOUTS",
+    "DepthDataModule",
+    "warn_max_depth_mismatch",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -434,3 +443,171 @@ class DiodeDataset(Dataset[dict[str, Any]]):
             depth = torch.where(depth_mask, depth, 0.0)
         image_t, depth_t, mask = self.transform(image, depth)
         return {"image": image_t, "depth": depth_t, "mask": mask, "focal": float("nan"), "path": str(img_path)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the Lightning data module
+# --------------------------------------------------------------------------------------------------------------
+
+#: The on-disk layout each data set's config expects (``configs/data/{nyu,kitti,diode_outdoor}.yaml``), quoted by
+#: the errors so a wrong ``paths.data_dir`` is diagnosed from the message alone.
+DATA_LAYOUTS: dict[str, str] = {
+    "nyu": (
+        "expected NYU Depth v2 as ZoeDepth/BTS use it: <data_dir>/nyu/sync/<scene>/rgb_XXXXX.jpg and "
+        "sync_depth_XXXXX.png (uint16 PNG, mm) for training, <data_dir>/nyu/official_splits/test/<scene>/... for "
+        "testing, and ZoeDepth's split files <data_dir>/train_test_inputs/nyudepthv2_{train,test}_files_with_gt.txt"
+    ),
+    "kitti": (
+        "expected KITTI as ZoeDepth uses it: RGB <data_dir>/kitti/raw_data/<date>/<drive>/image_02/data/*.png, "
+        "depth <data_dir>/kitti/data_depth_annotated/<drive>/proj_depth/groundtruth/image_02/*.png (uint16 PNG / 256; "
+        "the annotated train and val drives merged in one folder), and ZoeDepth's split files "
+        "<data_dir>/train_test_inputs/kitti_eigen_{train,test}_files_with_gt.txt"
+    ),
+    "diode": DIODE_LAYOUT + " (<data_dir>/diode/train/outdoor for training, <data_dir>/diode/val/outdoor for testing)",
+}
+
+_WARNED_RANGES: set[tuple[float, float, str]] = set()
+
+
+def warn_max_depth_mismatch(model_max_depth: float | None, data_max_depth: float, data_name: str = "data") -> bool:
+    """Warn (once per process and pair) when a metric model's output range differs from the data set's.
+
+    A Depth Anything metric head predicts ``sigmoid(.) * max_depth``: a smaller ``max_depth`` than the data's cannot
+    reach its far depths, a larger one spends output resolution on depths the data never has (evaluation clamps to
+    the data's range either way). Returns whether it warned.
+    """
+    if model_max_depth is None or math.isclose(float(model_max_depth), float(data_max_depth)):
+        return False
+    key = (float(model_max_depth), float(data_max_depth), data_name)
+    if key in _WARNED_RANGES:
+        return False
+    _WARNED_RANGES.add(key)
+    effect = (
+        f"it cannot predict depths beyond {model_max_depth:g} m"
+        if model_max_depth < data_max_depth
+        else f"predictions above {data_max_depth:g} m are clamped at evaluation"
+    )
+    warnings.warn(
+        f"model max_depth {model_max_depth:g} m differs from the {data_name} depth range (max {data_max_depth:g} m): "
+        f"{effect}; model.overrides.max_depth={data_max_depth:g} matches them (the model configs' default)",
+        UserWarning,
+        stacklevel=2,
+    )
+    return True
+
+
+class DepthDataModule(L.LightningDataModule):
+    """Train/validation loaders of NYU Depth v2, KITTI (Eigen split) or DIODE from their on-disk formats.
+
+    Args:
+        dataset: ``"nyu"`` | ``"kitti"`` (split files, :class:`SplitFileDepthDataset`) or ``"diode"``
+            (:class:`DiodeDataset`; ``train_root``/``val_root`` e.g. ``DIODE/train/outdoor``, ``DIODE/val/outdoor``).
+        train_root, val_root: root of the RGB paths (split files) or the DIODE folder.
+        train_gt_root, val_gt_root: root of the depth paths of the split files (``None``: the RGB root).
+        train_split, val_split: the split files (NYU, KITTI; unused for DIODE).
+        input_size, keep_aspect, multiple_of: network input size (:func:`input_hw`).
+        min_depth, max_depth: validity range of the masks (``max_depth=None``: the data set's default).
+        rotate_degrees, hflip_p, color_aug_p: training augmentation (module docstring); ``kb_crop`` (KITTI) and
+            ``use_depth_mask`` (DIODE) as in the datasets.
+        batch_size: training batch size; ``eval_batch_size``: validation batch size (default 1: the ground truth
+            is evaluated at its own resolution; every image of the standard test sets has the same size, so a larger
+            value also works there).
+        num_workers, seed: loader workers; the training order depends on (seed, epoch) only (resumable).
+        train_subset, val_subset: use only the first n samples (quick checks).
+        check_files: check at setup that every file a split file lists exists (a missing image is then reported
+            before training starts, not by a loader worker mid-epoch).
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["nyu", "kitti", "diode"],
+        train_root: str,
+        val_root: str,
+        train_gt_root: str | None = None,
+        val_gt_root: str | None = None,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        *,
+        input_size: int | Sequence[int] | None = 518,
+        keep_aspect: bool = True,
+        multiple_of: int = 14,
+        min_depth: float = 1e-3,
+        max_depth: float | None = None,
+        rotate_degrees: float = 1.0,
+        hflip_p: float = 0.5,
+        color_aug_p: float = 0.5,
+        kb_crop: bool | None = None,
+        use_depth_mask: bool = False,
+        batch_size: int = 16,
+        eval_batch_size: int = 1,
+        num_workers: int = 4,
+        seed: int = 0,
+        train_subset: int | None = None,
+        val_subset: int | None = None,
+        check_files: bool = True,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATA_LAYOUTS:
+            raise ValueError(f"dataset must be one of {', '.join(DATA_LAYOUTS)}, got {dataset!r}")
+        if dataset != "diode" and (not train_split or not val_split):
+            raise ValueError(f"dataset {dataset!r} needs train_split and val_split (split files)")
+        self.dataset = dataset
+        self.roots = {"train": (train_root, train_gt_root, train_split), "val": (val_root, val_gt_root, val_split)}
+        self.input_size = list(input_size) if isinstance(input_size, Sequence) else input_size
+        self.keep_aspect, self.multiple_of = keep_aspect, multiple_of
+        self.min_depth = min_depth
+        self.max_depth = float(DEPTH_DEFAULTS[dataset]["max_depth"] if max_depth is None else max_depth)
+        self.augment = {"rotate_degrees": rotate_degrees, "hflip_p": hflip_p, "color_aug_p": color_aug_p}
+        self.kb_crop, self.use_depth_mask = kb_crop, use_depth_mask
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.subsets = {"train": train_subset, "val": val_subset}
+        self.check_files = check_files
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def _build(self, split: Literal["train", "val"]) -> Dataset:
+        root, gt_root, split_file = self.roots[split]
+        train = split == "train"
+        common: dict[str, Any] = {
+            "train": train,
+            "input_size": self.input_size,
+            "keep_aspect": self.keep_aspect,
+            "multiple_of": self.multiple_of,
+            "min_depth": self.min_depth,
+            "max_depth": self.max_depth,
+            **self.augment,
+        }
+        hint = f"; {DATA_LAYOUTS[self.dataset]}; set paths.data_dir= (or data.root=) to where the data set lies"
+        if self.dataset == "diode":
+            if not Path(root).is_dir():
+                raise DatasetFormatError(f"DIODE {split} folder not found: {root}{hint}")
+            ds: Dataset = DiodeDataset(root, use_depth_mask=self.use_depth_mask, **common)
+        else:
+            if not Path(split_file).is_file():  # type: ignore[arg-type]
+                raise DatasetFormatError(f"{self.dataset} {split} split file not found: {split_file}{hint}")
+            ds = SplitFileDepthDataset(
+                root, gt_root, split_file, self.dataset, kb_crop=self.kb_crop, check_files=self.check_files, **common
+            )  # type: ignore[arg-type]
+        n = self.subsets[split]
+        return ds if n is None else Subset(ds, range(min(int(n), len(ds))))  # type: ignore[arg-type]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None and stage in (None, "fit"):
+            self.train_set = self._build("train")
+        if self.val_set is None:
+            self.val_set = self._build("val")
+
+    def train_dataloader(self) -> DataLoader:
+        from .classification import seeded_loader
+
+        return seeded_loader(self.train_set, self.batch_size, self.seed, self.num_workers, self.trainer)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_set,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -21,11 +21,61 @@ from .layer import Adapter
 from .registry import register
 
 
-def onelora_forward(x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:
-    """The paper's listing `linear(x) + b * x.sum(-1, keepdim=True)` (b kept in fp32)."""
+def onelora_reference(x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:
+    """The paper's listing, `linear(x) + b * x.sum(-1, keepdim=True)`, in plain autograd (the tests' oracle)."""
     y = F.linear(x, weight, bias)
     s = x.sum(-1, keepdim=True, dtype=b.dtype)
     return y + (s * b).to(y.dtype)
+
+
+def _matvec_t(g: Tensor, s: Tensor, dtype: torch.dtype) -> Tensor:
+    """gᵀ s accumulated in `dtype` (fp32): no fp32 copy of g where the backend can widen the output."""
+    if g.is_cuda and g.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(g.T, s.to(g.dtype)[:, None], out_dtype=dtype)[:, 0]
+    return g.T.to(dtype) @ s
+
+
+class OneLoRAFunction(torch.autograd.Function):
+    """y = W x + β + b (1ᵀx), keeping one scalar per token for backward (nothing of x).
+
+    Forward: one linear, one sum over the input, one fused multiply-add into the output.
+    Backward: grad_x = g W + (g b) 1ᵀ; grad_b = gᵀ s (accumulated in b's dtype, fp32);
+    grad_β = Σ g. Measured on CPU against the paper's listing in plain autograd and the
+    merged-weight form `(W + b 1ᵀ) x` (scripts/bench.py --layers): this additive form was
+    fastest or tied on every ViT/Llama shape, and it never rounds b into a bf16 weight.
+    Under autocast the output may be lower precision than x; backward casts to match.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:  # type: ignore[override]
+        y = F.linear(x, weight, bias)
+        s = x.sum(-1, keepdim=True, dtype=b.dtype)
+        y = y.addcmul_(s, b)  # in the wider dtype of s and b, rounded once into y
+        ctx.save_for_backward(weight, b, s)
+        ctx.x_dtype = x.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, None, Tensor | None, Tensor | None]:  # type: ignore[override]
+        weight, b, s = ctx.saved_tensors
+        grad_x = grad_bias = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g @ weight.to(g.dtype)
+            grad_x += (g @ b.to(g.dtype)).unsqueeze(-1)
+            grad_x = grad_x.to(ctx.x_dtype)
+        g2 = g.reshape(-1, g.shape[-1])
+        if ctx.needs_input_grad[2]:
+            grad_bias = g2.sum(0)
+        if ctx.needs_input_grad[3]:
+            grad_b = _matvec_t(g2, s.reshape(-1), b.dtype)
+        return grad_x, None, grad_bias, grad_b
+
+
+def onelora_forward(x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:
+    """The fast path when anything needs a gradient, the reference formula otherwise (inference)."""
+    if torch.is_grad_enabled() and (x.requires_grad or b.requires_grad or (bias is not None and bias.requires_grad)):
+        return OneLoRAFunction.apply(x, weight, bias, b)
+    return onelora_reference(x, weight, bias, b)
 
 
 class OneLoRA(Adapter):

@@ -1,0 +1,109 @@
+"""1LoRA's fast path (`OneLoRAFunction`) against the paper's listing in plain autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from onelora.peft import apply_peft
+from onelora.peft.onelora import OneLoRAFunction, onelora_reference
+
+
+def _grads(fn, x, w, bias, b):
+    x = x.detach().clone().requires_grad_(True)
+    b = b.detach().clone().requires_grad_(True)
+    bias = None if bias is None else bias.detach().clone().requires_grad_(True)
+    y = fn(x, w, bias, b)
+    g = torch.randn_like(y, dtype=torch.float32, generator=torch.Generator().manual_seed(1)).to(y.dtype)
+    y.backward(g)
+    return y, x.grad, b.grad, None if bias is None else bias.grad
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (3, 5, 12)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fast_path_equals_listing_fp32(shape: tuple[int, ...], with_bias: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(*shape, generator=gen), torch.randn(9, 12, generator=gen)
+    b, bias = torch.randn(9, generator=gen), (torch.randn(9, generator=gen) if with_bias else None)
+    fast = _grads(OneLoRAFunction.apply, x, w, bias, b)
+    ref = _grads(onelora_reference, x, w, bias, b)
+    for f, r in zip(fast, ref):
+        if r is None:
+            assert f is None
+        else:
+            torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(64, 96), (4, 16, 96)])
+def test_fast_path_bf16_keeps_b_and_its_gradient_fp32_accurate(shape: tuple[int, ...]) -> None:
+    """bf16 activations and weight, fp32 b: grad_b equals the fp64 gᵀ(1ᵀx) of the same bf16 inputs."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen).bfloat16()
+    w = (torch.randn(48, 96, generator=gen) * 0.05).bfloat16()
+    b = torch.randn(48, generator=gen) * 1e-3
+    y, gx, gb, _ = _grads(OneLoRAFunction.apply, x, w, None, b)
+    assert y.dtype == torch.bfloat16 and gx.dtype == torch.bfloat16 and gb.dtype == torch.float32
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).bfloat16().double()
+    s = x.double().sum(-1, keepdim=True)
+    gb64 = (g * s).reshape(-1, 48).sum(0)
+    torch.testing.assert_close(gb.double(), gb64, rtol=1e-5, atol=1e-6)  # fp32 accumulation, no bf16 rounding
+    y64 = x.double() @ w.double().T + s * b.double()
+    torch.testing.assert_close(y.double(), y64, rtol=2e-2, atol=2e-2)  # bf16 output rounding
+    gx64 = g @ w.double() + (g @ b.double()).unsqueeze(-1)
+    torch.testing.assert_close(gx.double(), gx64, rtol=2e-2, atol=2e-2)
+
+
+def test_small_updates_survive_in_bf16() -> None:
+    """b below bf16's resolution of W: the additive path keeps it, a merged bf16 weight (W + b1ᵀ) would not."""
+    x = torch.ones(2, 8, dtype=torch.bfloat16)
+    w = torch.tensor([1.0, -1.0] * 4).repeat(4, 1).bfloat16()  # W x = 0 exactly, entries of size 1
+    b = torch.full((4,), 0.003)
+    exact = 8 * 0.003
+    y = OneLoRAFunction.apply(x, w, None, b)
+    torch.testing.assert_close(y.float(), torch.full((2, 4), exact), rtol=1e-2, atol=0)
+    merged = x @ (w + b[:, None].bfloat16()).T
+    assert (merged.float() - exact).abs().max() > 0.1 * exact
+
+
+def test_autocast_bf16_on_cpu() -> None:
+    adapted = apply_peft(nn.Sequential(nn.Linear(12, 6)), "onelora", exclude_modules=[])[0]
+    with torch.no_grad():
+        adapted.adapter.b.normal_()
+    x = torch.randn(5, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = adapted(x)
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and adapted.adapter.b.grad.dtype == torch.float32
+    ref_b = x.detach().sum(-1).sum() * torch.ones(6)  # d(Σy)/db_i = Σ_tokens 1ᵀx
+    torch.testing.assert_close(adapted.adapter.b.grad, ref_b, rtol=2e-2, atol=2e-2)
+
+
+def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of activations autograd keeps, each storage once; parameters (and views of them) excluded."""
+    seen: dict[int, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum().backward()
+    return sum(seen.values())
+
+
+def test_onelora_keeps_one_scalar_per_token_beyond_bitfit() -> None:
+    """Saved activations: 1LoRA = BitFit + 4 bytes per token and layer; LoRA keeps the layer inputs."""
+
+    def mlp() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+
+    x = torch.randn(10, 32)
+    sizes = {}
+    for method in ("bitfit", "onelora", "lora"):
+        sizes[method] = _saved_bytes(apply_peft(mlp(), method, exclude_modules=[]), x)
+    assert sizes["onelora"] - sizes["bitfit"] == 2 * 10 * 4
+    assert sizes["lora"] - sizes["bitfit"] >= 10 * 32 * 4  # at least the first layer's input
