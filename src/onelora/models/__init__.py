@@ -7,7 +7,8 @@ id or a local directory; `null` builds the architecture with random weights).
 `overrides` are applied in both cases (a new head's `num_labels`, a depth range, ...).
 `gradient_checkpointing: true` turns on activation checkpointing where the library supports it
 (transformers, diffusers, timm); `pretrained_hint` is appended to the "weights not found" error
-(e.g. the experiment that makes a local source checkpoint).
+(e.g. the experiment that makes a local source checkpoint); `post_build: {_target_: fn, **kwargs}` calls
+`fn(model, **kwargs)` after building (e.g. DiT's shared, resized class table: `onelora.models.dit`).
 """
 
 from __future__ import annotations
@@ -71,9 +72,14 @@ def build_model(spec: Mapping, *, pretrained: bool = True, meta: bool = False) -
             model = _build_timm(spec, arch, overrides, source)
         else:
             raise ModelError(f"unknown model library {library!r}; valid: transformers, diffusers, timm")
+    if spec.get("post_build"):  # {_target_: function, **kwargs}: called as function(model, **kwargs)
+        hook = _plain(spec["post_build"])
+        model = _import(hook.pop("_target_"))(model, **hook) or model
     if spec.get("gradient_checkpointing") and not meta:
         enable_gradient_checkpointing(model)
-    return model
+    # `from_pretrained` returns eval mode and Lightning keeps module modes: train mode (dropout, drop-path,
+    # activation checkpointing) must be set here, or a run from pretrained weights trains in eval mode
+    return model.train()
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

@@ -103,9 +103,6 @@ class DepthTask(PeftTask):
         return self.model(pixel_values=images).predicted_depth
 
     def on_fit_start(self) -> None:
-        # `from_pretrained` returns a model in eval mode and Lightning keeps module modes as they are: without this,
-        # a run from a checkpoint trains in eval mode (activation checkpointing, dropout and drop-path off).
-        self.model.train()
         config = getattr(self.model, "config", None)
         warn_max_depth_mismatch(getattr(config, "max_depth", None), self.max_depth, self.data_name)
 

@@ -1,0 +1,271 @@
+"""Training-cost benchmark of every method, ours and HF peft's, against BitFit measured in the same run.
+
+For each (impl, method) on a block stack (a `transformers` ViT or Llama built from a config):
+- `step_ms`: median wall-clock of forward + backward + AdamW step, over repeats interleaved across methods
+  (so drift of the machine hits all methods alike);
+- `saved_bytes`: activations autograd keeps for backward, each storage counted once (q, k and v share their
+  input), parameters and buffers excluded (`torch.autograd.graph.saved_tensors_hooks`);
+- `state_bytes`: parameters (all) + gradients and AdamW's two moments (trainable ones);
+- `peak_mem_bytes`: peak allocated accelerator memory of one step (GPU only);
+- `infer_ms`: forward time of the merged model (plain layers again), next to the base model's;
+- ratios of step time and saved bytes to BitFit's.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .peft import apply_peft, merge_peft
+
+OURS = ["bitfit", "onelora", "lora", "dora", "vera", "mora1", "mora6", "difffit", "full"]
+PEERS = ["lora", "dora", "vera", "miss"]  # HF peft at r=1 (MiSS r=1 = 1LoRA)
+
+
+@dataclass
+class BenchModel:
+    name: str
+    build: Callable[[], nn.Module]
+    inputs: Callable[[torch.device, torch.dtype], dict[str, Tensor]]
+    loss: Callable[[Any], Tensor]
+
+
+def vit_stack(hidden: int = 384, layers: int = 12, batch: int = 4, image: int = 224, patch: int = 16) -> BenchModel:
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                    intermediate_size=4 * hidden, image_size=image, patch_size=patch)  # fmt: skip
+    return BenchModel(
+        f"vit_h{hidden}_l{layers}_b{batch}x{image}",
+        lambda: ViTModel(cfg, add_pooling_layer=False),
+        lambda dev, dt: {"pixel_values": torch.randn(batch, 3, image, image, device=dev, dtype=dt)},
+        lambda out: out.last_hidden_state.float().pow(2).mean(),
+    )
+
+
+def llama_stack(hidden: int = 512, layers: int = 4, batch: int = 2, seq: int = 256) -> BenchModel:
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=int(hidden * 2.6875), num_hidden_layers=layers,
+                      num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
+                      vocab_size=1000, max_position_embeddings=max(seq, 128))  # fmt: skip
+    return BenchModel(
+        f"llama_h{hidden}_l{layers}_b{batch}x{seq}",
+        lambda: LlamaModel(cfg),
+        lambda dev, dt: {"inputs_embeds": torch.randn(batch, seq, hidden, device=dev, dtype=dt)},
+        lambda out: out.last_hidden_state.float().pow(2).mean(),
+    )
+
+
+def hf_peft(model: nn.Module, method: str) -> nn.Module:
+    """HF peft's version of a method at r=1 on every linear layer, its adapters in fp32 (its default)."""
+    import peft
+
+    targets = "all-linear"
+    if method in ("lora", "dora"):
+        config = peft.LoraConfig(r=1, lora_alpha=1, target_modules=targets, use_dora=method == "dora")
+    elif method == "vera":
+        config = peft.VeraConfig(r=1, target_modules=targets)
+    elif method == "miss":
+        config = peft.MissConfig(r=1, target_modules=targets)
+    else:
+        raise ValueError(f"no HF peft peer for {method!r}")
+    return peft.get_peft_model(model, config)
+
+
+@dataclass
+class Row:
+    impl: str
+    method: str
+    model: nn.Module
+    trainable: int = 0
+    step_s: list[float] = field(default_factory=list)
+    saved_bytes: int = 0
+    state_bytes: int = 0
+    peak_mem_bytes: int | None = None
+    infer_ms: float | None = None
+
+
+def saved_activation_bytes(step: Callable[[], Tensor], model: nn.Module) -> int:
+    """Bytes autograd saves during `step()`'s forward, one count per storage, parameters and buffers excluded."""
+    exclude = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in exclude:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = step()
+    loss.backward()
+    return sum(seen.values())
+
+
+def state_bytes(model: nn.Module) -> int:
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return total + 3 * trainable  # + gradients + AdamW's exp_avg and exp_avg_sq (same dtype as the parameter)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_benchmark(
+    spec: BenchModel,
+    ours: list[str] = OURS,
+    peers: list[str] = PEERS,
+    repeats: int = 5,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    base = spec.build().to(dev, dtype)
+    rows: list[Row] = []
+    for method in ours:
+        rows.append(Row("onelora", method, apply_peft(copy.deepcopy(base), method, seed=seed)))
+    for method in peers:
+        try:
+            rows.append(Row("hf_peft", method, hf_peft(copy.deepcopy(base), method)))
+        except ImportError:
+            log("HF peft is not installed: peers skipped")
+            break
+    inputs = spec.inputs(dev, dtype)
+    for row in rows:
+        row.model.train()
+        row.trainable = sum(p.numel() for p in row.model.parameters() if p.requires_grad)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            # perturb what trains, so zero-initialised adapters compute their real backward
+            with torch.no_grad():
+                for p in row.model.parameters():
+                    if p.requires_grad:
+                        p.add_(torch.randn_like(p) * 1e-3)
+        row.saved_bytes = saved_activation_bytes(lambda r=row: spec.loss(r.model(**inputs)), row.model)
+        row.model.zero_grad(set_to_none=True)
+        row.state_bytes = state_bytes(row.model)
+    optimizers = {id(r): torch.optim.AdamW([p for p in r.model.parameters() if p.requires_grad], lr=1e-6) for r in rows}
+
+    def step(r: Row) -> float:
+        opt = optimizers[id(r)]
+        _sync(dev)
+        t0 = time.perf_counter()
+        spec.loss(r.model(**inputs)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    for r in rows:  # warm-up, and the peak memory of one step
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        step(r)
+        if dev.type == "cuda":
+            r.peak_mem_bytes = torch.cuda.max_memory_allocated(dev)
+    for i in range(repeats):
+        order = rows if i % 2 == 0 else rows[::-1]  # interleaved, alternating direction
+        for r in order:
+            r.step_s.append(step(r))
+    base_infer = _infer_ms(base, inputs, dev, repeats)
+    for r in rows:
+        merged = merge_peft(copy.deepcopy(r.model)) if r.impl == "onelora" else copy.deepcopy(r.model).merge_and_unload()
+        r.infer_ms = _infer_ms(merged, inputs, dev, repeats)
+    bitfit = next(r for r in rows if r.impl == "onelora" and r.method == "bitfit")
+    bit_step = statistics.median(bitfit.step_s)
+    out = []
+    for r in rows:
+        step_med = statistics.median(r.step_s)
+        out.append({
+            "model": spec.name, "impl": r.impl, "method": r.method, "device": str(dev), "dtype": str(dtype).split(".")[-1],
+            "trainable_params": r.trainable, "step_ms": 1e3 * step_med, "saved_bytes": r.saved_bytes,
+            "state_bytes": r.state_bytes, "peak_mem_bytes": r.peak_mem_bytes,
+            "step_ratio_bitfit": step_med / bit_step, "saved_ratio_bitfit": r.saved_bytes / max(bitfit.saved_bytes, 1),
+            "infer_ms": r.infer_ms, "infer_ratio_base": r.infer_ms / base_infer, "repeats": repeats,
+        })  # fmt: skip
+    return out
+
+
+@torch.no_grad()
+def _infer_ms(model: nn.Module, inputs: dict[str, Tensor], dev: torch.device, repeats: int) -> float:
+    model.eval()
+    model(**inputs)
+    times = []
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        model(**inputs)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = "| impl | method | step [ms] | ×BitFit | saved act. [MiB] | ×BitFit | state [MiB] | peak [MiB] | merged infer ×base |"
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        peak = "–" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.1f}"
+        lines.append(
+            f"| {r['impl']} | {r['method']} | {r['step_ms']:.1f} | {r['step_ratio_bitfit']:.3f} | "
+            f"{r['saved_bytes'] / 2**20:.1f} | {r['saved_ratio_bitfit']:.3f} | {r['state_bytes'] / 2**20:.1f} | {peak} | "
+            f"{r['infer_ratio_base']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+class MergedWeightOneLoRA(torch.autograd.Function):
+    """The alternative fast path measured by `layer_benchmark`: y = (W + b 1ᵀ) x + β, grad_b = gᵀ(1ᵀx)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:  # type: ignore[override]
+        y = torch.nn.functional.linear(x, weight + b[:, None].to(weight.dtype), bias)
+        ctx.save_for_backward(weight, b, x.sum(-1, keepdim=True, dtype=b.dtype))
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None, Tensor]:  # type: ignore[override]
+        weight, b, s = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        return g @ (weight + b[:, None].to(weight.dtype)), None, None, g2.T.to(b.dtype) @ s.reshape(-1)
+
+
+def layer_benchmark(shapes: list[tuple[int, int, int]], repeats: int = 31) -> list[dict[str, Any]]:
+    """One linear layer, tokens x k -> d: BitFit, the paper's listing in autograd, merged-weight, our fast path."""
+    from .peft.onelora import OneLoRAFunction, onelora_reference
+
+    def bitfit(x: Tensor, w: Tensor, bias: Tensor, b: Tensor) -> Tensor:
+        return torch.nn.functional.linear(x, w, bias)
+
+    variants = {
+        "bitfit": (bitfit, True),
+        "listing": (onelora_reference, False),
+        "merged_weight": (MergedWeightOneLoRA.apply, False),
+        "onelora_fast": (OneLoRAFunction.apply, False),
+    }
+    out = []
+    for tokens, k, d in shapes:
+        x0, w = torch.randn(tokens, k), torch.randn(d, k) * 0.02
+        bias, b = torch.zeros(d, requires_grad=True), torch.zeros(d, requires_grad=True)
+        times: dict[str, list[float]] = {n: [] for n in variants}
+        for _ in range(repeats):
+            for name, (fn, with_bias) in variants.items():
+                x = x0.clone().requires_grad_(True)
+                t0 = time.perf_counter()
+                fn(x, w, bias if with_bias else None, b).sum().backward()
+                times[name].append(time.perf_counter() - t0)
+        ref = statistics.median(times["bitfit"])
+        for name, ts in times.items():
+            out.append({"tokens": tokens, "k": k, "d": d, "variant": name, "ms": 1e3 * statistics.median(ts),
+                        "ratio_bitfit": statistics.median(ts) / ref})  # fmt: skip
+    return out
