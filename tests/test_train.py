@@ -63,6 +63,14 @@ def test_smoke_classification_trains_only_the_method(cifar: Path, method: str) -
     assert all(n.endswith(suffix) for n in trained - expected)
 
 
+def test_timm_vit_alternative_trains(cifar: Path) -> None:
+    """model=vit_*_timm: timm's fused-qkv ViT through the same task (its forward returns a tensor)."""
+    record, _ = smoke(cifar, "peft=onelora", "model=vit_tiny_timm")
+    # 2 blocks of qkv (32->96), proj (32->32), fc1 (32->128), fc2 (128->32)
+    assert record["status"] == "ok" and record["peft_params"] == 2 * (96 + 32 + 128 + 32)
+    assert record["adapted_layers"] == 8
+
+
 def test_same_seed_same_metrics(cifar: Path) -> None:
     a, _ = smoke(cifar / "a", "peft=onelora", f"paths.data_dir={cifar / 'data'}", f"paths.output_dir={cifar / 'a'}")
     b, _ = smoke(cifar / "b", "peft=onelora", f"paths.data_dir={cifar / 'data'}", f"paths.output_dir={cifar / 'b'}")
