@@ -93,6 +93,13 @@ def dry_run(cfg: DictConfig) -> dict[str, int]:
         "total_params": counts.total,
         "adapted_layers": counts.adapted_layers,
     }
+    from .batching import apply_global_batch
+    from .memory import estimate_from_config, format_memory_lines
+
+    accumulation = apply_global_batch(cfg)
+    if accumulation:
+        lines.append(f"global batch {cfg.task.global_batch_size}: accumulate_grad_batches={accumulation}")
+    lines += format_memory_lines(estimate_from_config(model, cfg))
     print("\n".join(lines + [f"{k}={v}" for k, v in values.items()]))
     return values
 
@@ -176,6 +183,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     """`run` without the dry-run branch; also returns the trained LightningModule (None if skipped)."""
     check_fit(cfg)
+    from .batching import apply_global_batch
+
+    apply_global_batch(cfg)  # the global batch is reached by accumulation, computed from micro batch and devices
     out = Path(cfg.paths.output_dir)
     record_path = out / RECORD
     previous = read_record(record_path)
@@ -186,6 +196,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         # rerun=true starts afresh; the finished run's checkpoints are kept aside, not deleted
         (out / "checkpoints").rename(out / f"checkpoints.{previous.get('finished_at', 'old').replace(':', '')}")
     ensure_pretrained(cfg)
+    if is_rank_zero():  # the resolved config, for tools that rebuild the run's model (scripts/math_answers.py)
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
     import lightning as L
     from hydra.utils import instantiate
@@ -223,9 +236,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         for lg in loggers:
             lg.log_hyperparams({"peft_params": counts.peft, "trainable_params": counts.trainable, "total_params": counts.total})
         last = out / "checkpoints" / "last.ckpt"
-        if last.is_file():
+        if last.exists():  # a file, or a folder under DeepSpeed
             log.info("resuming from %s", last)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
         if trainer.interrupted:
             record["status"] = "interrupted"
         else:
@@ -243,6 +256,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         raise
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        if type(e).__name__ == "InstantiationException" and isinstance(e.__cause__, user_errors()):
+            raise e.__cause__ from None  # a user error raised while Hydra built an object: one line, not a traceback
         raise
     finally:
         if monitor is not None:

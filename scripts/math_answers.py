@@ -1,0 +1,178 @@
+"""Greedy answers to MetaMathQA validation questions from a math run's checkpoint, scored by exact match.
+
+    python scripts/math_answers.py RUN_DIR [--n 20] [--max-new-tokens 256] [--batch-size 8]
+
+The paper's Appendix C shows such answers (LLaMA-2 13B, 1LoRA vs LoRA (QKV)); beyond the paper's
+validation loss, this scores the final answer ("The answer is: X") against the reference's.
+RUN_DIR holds the run's composed config (`config.yaml`, or Hydra's `.hydra/config.yaml`; or --config)
+and `checkpoints/last.ckpt` (Lightning checkpoint of what trains; a DeepSpeed checkpoint folder works
+too). The model is rebuilt as the run built it (`build_peft_model`, same seed, the task's dtypes), the
+checkpoint loaded over it, and the first N questions of the same validation split answered greedily.
+Writes RUN_DIR/answers.jsonl (one line per question) and RUN_DIR/answers.json (the score); prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("ONELORA_ROOT", str(ROOT))
+
+ANSWER = re.compile(r"The answer is:?\s*(.*)", re.IGNORECASE)
+
+
+def extract_answer(text: str) -> str | None:
+    """The text after the last "The answer is:" (its line), or None."""
+    found = list(ANSWER.finditer(text))
+    if not found:
+        return None
+    return found[-1].group(1).strip().split("\n")[0].strip()
+
+
+def normalize(answer: str | None) -> str | None:
+    """Compare answers modulo `$`, thousands separators, a trailing period and numeric form (5.0 == 5)."""
+    if answer is None:
+        return None
+    a = answer.strip().rstrip(".").replace("$", "").replace(" ", "")
+    a = re.sub(r"(?<=\d),(?=\d{3})", "", a)
+    try:
+        x = float(a)
+        return str(int(x)) if x.is_integer() else repr(x)
+    except ValueError:
+        return a
+
+
+def load_config(run_dir: Path, config: Path | None) -> Any:
+    from omegaconf import OmegaConf, open_dict
+
+    candidates = [config] if config else [run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"]
+    path = next((p for p in candidates if p is not None and p.is_file()), None)
+    if path is None:
+        raise SystemExit(f"error: no run config in {run_dir} (config.yaml or .hydra/config.yaml); pass --config")
+    cfg = OmegaConf.load(path)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)  # Hydra's ${hydra:...} does not resolve outside a Hydra run
+    return cfg
+
+
+def checkpoint_state(path: Path) -> dict[str, Any]:
+    """`model.*` tensors of a Lightning checkpoint file, or of a DeepSpeed checkpoint folder."""
+    import torch
+
+    if path.is_dir():  # DeepSpeed: <ckpt>/checkpoint/mp_rank_00_model_states.pt holds the module's state
+        files = sorted(path.rglob("mp_rank_00_model_states.pt"))
+        if not files:
+            raise SystemExit(f"error: {path} is a folder without mp_rank_00_model_states.pt")
+        raw = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    else:  # our own checkpoint: it also holds RNG state and loop progress (not only tensors)
+        raw = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = {}
+    for k, v in raw.items():
+        i = k.find("model.")
+        if i >= 0:
+            state[k[i:]] = v
+    return state
+
+
+def build(cfg: Any, ckpt: Path) -> tuple[Any, Any]:
+    """The run's model (same seed, method and dtypes) with the checkpoint's trained tensors; and the task."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from onelora.train import build_peft_model
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # random-init models: the same frozen weights
+    model, _ = build_peft_model(cfg)
+    task = instantiate(cfg.task.module, model=model, optimizer=None, scheduler=None)
+    state = checkpoint_state(ckpt)
+    missing, unexpected = task.load_state_dict(state, strict=False)
+    trainable = {f"model.{n}" for n, p in model.named_parameters() if p.requires_grad}
+    absent = sorted(trainable & set(missing))
+    if absent or unexpected:
+        raise SystemExit(
+            f"error: checkpoint {ckpt} does not match the run's model: missing {absent[:3]}, unexpected {list(unexpected)[:3]}"
+        )
+    return model, task
+
+
+def generate(model: Any, tokenizer: Any, questions: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    import torch
+
+    from onelora.data.metamath import format_prompt
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    model.config.use_cache = True
+    tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
+    out: list[str] = []
+    for i in range(0, len(questions), batch_size):
+        prompts = [format_prompt(q) for q in questions[i : i + batch_size]]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        with torch.no_grad():
+            ids = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--n", type=int, default=20, help="validation questions to answer (the split's first N)")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--config", type=Path, default=None, help="the run's composed config (default: in RUN_DIR)")
+    ap.add_argument("--ckpt", type=Path, default=None, help="default: RUN_DIR/checkpoints/last.ckpt")
+    args = ap.parse_args(argv)
+
+    from hydra.utils import instantiate
+
+    from onelora.data.metamath import _valid
+
+    run_dir = args.run_dir.resolve()
+    cfg = load_config(run_dir, args.config)
+    ckpt = args.ckpt or run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        raise SystemExit(f"error: no checkpoint {ckpt}; pass --ckpt")
+    model, _ = build(cfg, ckpt)
+    dm = instantiate(cfg.data.module)
+    tokenizer = dm.load_tokenizer()
+    _, val = dm.split_records()
+    val = [r for r in val if _valid(r)][: args.n]
+    answers = generate(model, tokenizer, [r["query"] for r in val], args.max_new_tokens, args.batch_size)
+    rows, correct = [], 0
+    for r, text in zip(val, answers):
+        pred, ref = normalize(extract_answer(text)), normalize(extract_answer(r["response"]))
+        ok = pred is not None and pred == ref
+        correct += ok
+        rows.append({"question": r["query"], "generated": text, "predicted": pred, "reference": ref, "correct": ok})
+    with open(run_dir / "answers.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    summary = {
+        "n": len(rows),
+        "correct": correct,
+        "exact_match": correct / len(rows) if rows else None,
+        "checkpoint": str(ckpt),
+        "max_new_tokens": args.max_new_tokens,
+        "peft": cfg.peft.name,
+        "model": cfg.model.name,
+    }
+    (run_dir / "answers.json").write_text(json.dumps(summary, indent=1))
+    print(
+        f"{cfg.model.name} {cfg.peft.name}: exact_match={summary['exact_match']} ({correct}/{len(rows)}) -> {run_dir / 'answers.jsonl'}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Lightning strategies for the LLaMA runs, built from Hydra configs (which cannot name Python classes).
+
+`fsdp_strategy`: FSDP full shard, one FSDP unit per decoder layer (and per adapter), activation
+checkpointing per decoder layer. Storage dtypes are kept as the task set them (frozen weights bf16,
+trainable tensors fp32) and autocast (`precision: bf16-mixed`) does the bf16 compute:
+
+- FSDP (v1, what Lightning's `FSDPStrategy` wraps) flattens each unit's parameters into one tensor,
+  which must have one dtype. Each `Adapter` module (LoRA's A/B, 1LoRA's b, ...) is therefore its own
+  unit (`wrap_adapters`): fp32 there, bf16 in the decoder layer's unit. This also keeps trainable and
+  frozen tensors in separate units, so no gradient memory is allocated for the frozen weights (with a
+  mixed unit FSDP allocates gradients for the whole flat parameter).
+- `mixed_precision=MixedPrecision()` (no casts): Lightning's default for bf16-mixed would cast
+  every parameter *and buffer* to bf16 in FSDP units; LLaMA's RoPE `inv_freq` buffer must stay fp32.
+- `use_orig_params=True` (Lightning's default): the optimizer sees the original parameters, and a unit
+  may mix trainable and frozen tensors (methods that unfreeze norms).
+- Methods whose trainable tensors sit directly on the adapted linear layer beside its bf16 weight
+  (BitFit's β, DiffFit's γ) cannot be flattened with it: `OneLoRAFSDPStrategy` says so before FSDP
+  does (use `trainer=deepspeed`, or `task.weights_dtype=float32`).
+
+`deepspeed_strategy`: ZeRO stage 2 as MoRA's `ds.config` (overlap_comm, 2e8 buckets); checkpoints keep
+only trainable tensors (`exclude_frozen_parameters`). DeepSpeed casts the module to bf16 and keeps fp32
+master copies of what trains in its optimizer. It is not a dependency of the suite: a clear error if missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+
+def _config_error(msg: str) -> Exception:
+    from .train import ConfigError
+
+    return ConfigError(msg)
+
+
+def import_class(path: str) -> type:
+    """A class from its dotted path (`transformers.models.llama.modeling_llama.LlamaDecoderLayer`)."""
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise _config_error(f"cannot import {path!r} named in the trainer's strategy config: {e}") from None
+    if not isinstance(cls, type):
+        raise _config_error(f"{path!r} is not a class")
+    return cls
+
+
+def fsdp_units(model: nn.Module, unit_classes: Sequence[type]) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """The FSDP units a `ModuleWrapPolicy(unit_classes)` makes: module name -> the parameters it flattens."""
+    classes = tuple(unit_classes)
+    units: dict[str, list[tuple[str, nn.Parameter]]] = {}
+
+    def walk(mod: nn.Module, prefix: str, owner: str) -> None:
+        if prefix and isinstance(mod, classes):
+            owner = prefix
+        units.setdefault(owner, [])
+        for n, p in mod.named_parameters(recurse=False):
+            units[owner].append((f"{prefix}.{n}" if prefix else n, p))
+        for n, child in mod.named_children():
+            walk(child, f"{prefix}.{n}" if prefix else n, owner)
+
+    walk(model, "", "")
+    return units
+
+
+def check_uniform_dtypes(model: nn.Module, unit_classes: Sequence[type]) -> None:
+    """FSDP v1 flattens each unit into one tensor of one dtype: a clear error where a unit mixes dtypes."""
+    seen: set[int] = set()
+    for unit, params in fsdp_units(model, unit_classes).items():
+        dtypes: dict[Any, str] = {}
+        for name, p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                dtypes.setdefault(p.dtype, name)
+        if len(dtypes) > 1:
+            found = ", ".join(f"{str(d).removeprefix('torch.')} ({n})" for d, n in dtypes.items())
+            raise _config_error(
+                f"FSDP flattens each wrapped unit into one tensor of one dtype, but unit {unit or '<root>'!r} holds "
+                f"{found}: the method trains tensors stored beside the frozen weights (e.g. BitFit's β, DiffFit's γ); "
+                "use trainer=deepspeed, or task.weights_dtype=float32"
+            )
+
+
+def _strategy_class() -> type:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class OneLoRAFSDPStrategy(FSDPStrategy):
+        """Lightning's FSDPStrategy with a dtype check of the units before wrapping."""
+
+        def __init__(self, *args: Any, unit_classes: Iterable[type] = (), **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.unit_classes = tuple(unit_classes)
+
+        def _setup_model(self, model: nn.Module) -> nn.Module:
+            check_uniform_dtypes(model, self.unit_classes)
+            return super()._setup_model(model)
+
+    return OneLoRAFSDPStrategy
+
+
+def fsdp_strategy(
+    layer_classes: Sequence[str] = ("transformers.models.llama.modeling_llama.LlamaDecoderLayer",),
+    wrap_adapters: bool = True,
+    activation_checkpointing: bool = True,
+    keep_dtypes: bool = True,
+    sharding_strategy: str = "FULL_SHARD",
+    state_dict_type: str = "full",
+    **kwargs: Any,
+) -> Any:
+    """An FSDP strategy: units per `layer_classes` (+ adapters), activation checkpointing per layer.
+
+    keep_dtypes: FSDP casts nothing (`MixedPrecision()`), autocast computes in bf16; False: Lightning's
+    mixed-precision config for the trainer's precision. kwargs go to Lightning's FSDPStrategy / torch FSDP
+    (e.g. `limit_all_gathers`, `cpu_offload`).
+    """
+    layers = [import_class(p) for p in layer_classes]
+    if not layers:
+        raise _config_error("fsdp_strategy needs at least one layer class to wrap (layer_classes=)")
+    units = list(layers)
+    if wrap_adapters:
+        from .peft.layer import Adapter
+
+        units.append(Adapter)
+    if keep_dtypes:
+        from torch.distributed.fsdp import MixedPrecision
+
+        kwargs.setdefault("mixed_precision", MixedPrecision())
+    return _strategy_class()(
+        auto_wrap_policy=set(units),
+        activation_checkpointing_policy=set(layers) if activation_checkpointing else None,
+        sharding_strategy=sharding_strategy,
+        state_dict_type=state_dict_type,
+        unit_classes=units,
+        **kwargs,
+    )
+
+
+def deepspeed_strategy(stage: int = 2, exclude_frozen_parameters: bool = True, **kwargs: Any) -> Any:
+    """Lightning's DeepSpeedStrategy (ZeRO `stage`); a one-line error where deepspeed is not installed."""
+    if importlib.util.find_spec("deepspeed") is None:
+        raise _config_error(
+            "trainer=deepspeed needs the deepspeed package, which is not installed: `pip install deepspeed` on the "
+            "GPU nodes (it builds CUDA ops), or use trainer=fsdp"
+        )
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return DeepSpeedStrategy(stage=stage, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
