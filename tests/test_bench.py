@@ -11,7 +11,7 @@ from helpers import ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
 
-COLUMNS = {"impl", "method", "step_ms", "saved_bytes", "state_bytes", "peak_mem_bytes", "step_ratio_bitfit",
+COLUMNS = {"impl", "method", "step_ms", "saved_bytes", "state_bytes", "peak_mem_bytes", "step_ratio_bitfit", "est_saved_bytes",
            "saved_ratio_bitfit", "infer_ms", "infer_ratio_base"}  # fmt: skip
 
 

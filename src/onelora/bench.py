@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .memory import saved_activations
 from .peft import apply_peft, merge_peft
 
 OURS = ["bitfit", "onelora", "lora", "dora", "vera", "mora1", "mora6", "difffit", "full"]
@@ -91,6 +92,7 @@ class Row:
     state_bytes: int = 0
     peak_mem_bytes: int | None = None
     infer_ms: float | None = None
+    est_saved_bytes: int = 0
 
 
 def saved_activation_bytes(step: Callable[[], Tensor], model: nn.Module) -> int:
@@ -155,6 +157,9 @@ def run_benchmark(
                         p.add_(torch.randn_like(p) * 1e-3)
         row.saved_bytes = saved_activation_bytes(lambda r=row: spec.loss(r.model(**inputs)), row.model)
         row.model.zero_grad(set_to_none=True)
+        # the dry run's estimate of the same quantity, traced on the meta device (no data, no weights)
+        meta_inputs = {k: v.to("meta") for k, v in inputs.items()}
+        row.est_saved_bytes = saved_activations(copy.deepcopy(row.model).to("meta"), meta_inputs)["total"]
         row.state_bytes = state_bytes(row.model)
     optimizers = {id(r): torch.optim.AdamW([p for p in r.model.parameters() if p.requires_grad], lr=1e-6) for r in rows}
 
@@ -190,7 +195,8 @@ def run_benchmark(
         out.append({
             "model": spec.name, "impl": r.impl, "method": r.method, "device": str(dev), "dtype": str(dtype).split(".")[-1],
             "trainable_params": r.trainable, "step_ms": 1e3 * step_med, "saved_bytes": r.saved_bytes,
-            "state_bytes": r.state_bytes, "peak_mem_bytes": r.peak_mem_bytes,
+            "state_bytes": r.state_bytes, "peak_mem_bytes": r.peak_mem_bytes, "est_saved_bytes": r.est_saved_bytes,
+            "est_error": r.est_saved_bytes / max(r.saved_bytes, 1) - 1,
             "step_ratio_bitfit": step_med / bit_step, "saved_ratio_bitfit": r.saved_bytes / max(bitfit.saved_bytes, 1),
             "infer_ms": r.infer_ms, "infer_ratio_base": r.infer_ms / base_infer, "repeats": repeats,
         })  # fmt: skip
@@ -212,13 +218,15 @@ def _infer_ms(model: nn.Module, inputs: dict[str, Tensor], dev: torch.device, re
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = "| impl | method | step [ms] | ×BitFit | saved act. [MiB] | ×BitFit | state [MiB] | peak [MiB] | merged infer ×base |"
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    head = ("| impl | method | step [ms] | ×BitFit | saved act. [MiB] | ×BitFit | dry-run estimate (error) | "
+            "state [MiB] | peak [MiB] | merged infer ×base |")  # fmt: skip
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         peak = "–" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.1f}"
         lines.append(
             f"| {r['impl']} | {r['method']} | {r['step_ms']:.1f} | {r['step_ratio_bitfit']:.3f} | "
-            f"{r['saved_bytes'] / 2**20:.1f} | {r['saved_ratio_bitfit']:.3f} | {r['state_bytes'] / 2**20:.1f} | {peak} | "
+            f"{r['saved_bytes'] / 2**20:.1f} | {r['saved_ratio_bitfit']:.3f} | "
+            f"{r['est_saved_bytes'] / 2**20:.1f} ({100 * r['est_error']:+.1f}%) | {r['state_bytes'] / 2**20:.1f} | {peak} | "
             f"{r['infer_ratio_base']:.2f} |"
         )
     return "\n".join(lines)
