@@ -53,7 +53,7 @@ def ours_view(summary: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
     df["transfer"] = df["transfer"].astype(str)
     df["time"] = df["time_min_mean"] / (60.0 if manifest.time_unit == "h" else 1.0)
     df["memory_pct"] = df["peak_mem_frac_mean"] * 100.0
-    df["params"] = pd.to_numeric(df["peft_params"], errors="coerce").astype(float)
+    df["params"] = pd.to_numeric(df[manifest.params], errors="coerce").astype(float)
     return df
 
 

@@ -42,7 +42,8 @@ METRICS: dict[str, tuple[str, int, float]] = {
     "fid": ("FID", 2, 1.0),
 }
 TOP_KEYS = {"title", "experiment", "transfer", "runs_dir", "overrides", "groups", "methods", "seeds", "metric",
-            "metrics", "time_unit", "paper_table", "aliases", "note"}  # fmt: skip
+            "metrics", "time_unit", "paper_table", "aliases", "note", "params"}  # fmt: skip
+PARAMS = ("peft_params", "trainable_params")  # what the params column counts: the method alone, or with the head
 GROUP_KEYS = {"experiment", "transfer", "runs_dir", "overrides"}
 
 
@@ -87,6 +88,7 @@ class Manifest:
     paper_table: str | None = None
     aliases: tuple[str, ...] = field(default=())
     note: str = ""  # printed under the report's title (e.g. how the paper's numbers differ from ours)
+    params: str = "peft_params"  # the record count shown as params (the paper's DiT table includes the head)
     path: Path | None = None
     group_by: str = "name"  # the record field matched against Group.experiment ("data" without a manifest)
 
@@ -161,6 +163,9 @@ def parse_manifest(data: Any, name: str, path: Path | None = None) -> Manifest:
     unit = data.get("time_unit", "min")
     if unit not in ("min", "h"):
         raise ManifestError(f"{where}: time_unit must be min or h, got {unit!r}")
+    params = data.get("params", "peft_params")
+    if params not in PARAMS:
+        raise ManifestError(f"{where}: params must be one of {', '.join(PARAMS)}, got {params!r}")
     paper = data.get("paper_table")
     if paper is not None and not (PAPER_DIR / f"{paper}.csv").is_file():
         raise ManifestError(f"{where}: paper_table {paper!r} is not in {PAPER_DIR} (e.g. tableS9)")
@@ -175,6 +180,7 @@ def parse_manifest(data: Any, name: str, path: Path | None = None) -> Manifest:
         paper_table=paper,
         aliases=tuple(str(a) for a in data.get("aliases") or ()),
         note=" ".join(str(data.get("note") or "").split()),
+        params=params,
         path=path,
     )
 
