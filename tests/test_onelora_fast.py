@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from onelora.peft import apply_peft
-from onelora.peft.onelora import OneLoRAFunction, onelora_reference
+from onelora.peft.onelora import OneLoRAFunction, onelora_reference, use_merged_weight
 
 
 def _grads(fn, x, w, bias, b):
@@ -20,11 +20,13 @@ def _grads(fn, x, w, bias, b):
     return y, x.grad, b.grad, None if bias is None else bias.grad
 
 
-@pytest.mark.parametrize("shape", [(7, 12), (3, 5, 12)])
+@pytest.mark.parametrize("shape,merged", [((2, 12), False), ((1, 3, 12), False), ((600, 12), True), ((3, 200, 12), True)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_fast_path_equals_listing_fp32(shape: tuple[int, ...], with_bias: bool) -> None:
+def test_fast_path_equals_listing_fp32(shape: tuple[int, ...], merged: bool, with_bias: bool) -> None:
+    """Both forms: additive (few tokens) and merged weight (many tokens per weight element)."""
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(*shape, generator=gen), torch.randn(9, 12, generator=gen)
+    assert use_merged_weight(x, w, torch.zeros(9)) is merged
     b, bias = torch.randn(9, generator=gen), (torch.randn(9, generator=gen) if with_bias else None)
     fast = _grads(OneLoRAFunction.apply, x, w, bias, b)
     ref = _grads(onelora_reference, x, w, bias, b)

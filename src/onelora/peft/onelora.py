@@ -35,22 +35,42 @@ def _matvec_t(g: Tensor, s: Tensor, dtype: torch.dtype) -> Tensor:
     return g.T.to(dtype) @ s
 
 
+def use_merged_weight(x: Tensor, weight: Tensor, b: Tensor) -> bool:
+    """Fold b into the weight, `(W + b 1ᵀ) x`, where that moves fewer bytes than adding b·(1ᵀx) to the output.
+
+    Per layer (T tokens, k inputs, d outputs) the additive form touches about 3T(k+d) elements beyond the
+    linear itself, the merged form 4dk + Tk (building W + b 1ᵀ in forward and again in backward). Measured on
+    CPU (`scripts/bench.py --layers`), merged wins on ViT shapes (T=788) and loses on Llama's (T=512, wide
+    layers); the 0.8 margin keeps ties additive (the merged form allocates a weight-sized tensor). Only in
+    fp32/fp64 without autocast: a bf16 W + b 1ᵀ would round small updates of b away.
+    """
+    if x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype or b.dtype != x.dtype:
+        return False
+    if x.device.type != "meta" and torch.is_autocast_enabled(x.device.type):
+        return False
+    d, k = weight.shape
+    tokens = x.numel() // k
+    return 4 * d * k + tokens * k < 0.8 * 3 * tokens * (k + d)
+
+
 class OneLoRAFunction(torch.autograd.Function):
     """y = W x + β + b (1ᵀx), keeping one scalar per token for backward (nothing of x).
 
-    Forward: one linear, one sum over the input, one fused multiply-add into the output.
-    Backward: grad_x = g W + (g b) 1ᵀ; grad_b = gᵀ s (accumulated in b's dtype, fp32);
-    grad_β = Σ g. Measured on CPU against the paper's listing in plain autograd and the
-    merged-weight form `(W + b 1ᵀ) x` (scripts/bench.py --layers): this additive form was
-    fastest or tied on every ViT/Llama shape, and it never rounds b into a bf16 weight.
+    Additive form: one linear, one sum over the input, one fused multiply-add into the output; backward
+    grad_x = g W + (g b) 1ᵀ. Merged form (see `use_merged_weight`): y = (W + b 1ᵀ) x + β, grad_x = g (W + b 1ᵀ).
+    Both: grad_b = gᵀ s with s = 1ᵀx (accumulated in b's dtype, fp32), grad_β = Σ g. The paper's listing in
+    plain autograd keeps the same single scalar per token but makes more passes over the activations.
     Under autocast the output may be lower precision than x; backward casts to match.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:  # type: ignore[override]
-        y = F.linear(x, weight, bias)
         s = x.sum(-1, keepdim=True, dtype=b.dtype)
-        y = y.addcmul_(s, b)  # in the wider dtype of s and b, rounded once into y
+        ctx.merged = use_merged_weight(x, weight, b)
+        if ctx.merged:
+            y = F.linear(x, weight + b[:, None], bias)
+        else:
+            y = F.linear(x, weight, bias).addcmul_(s, b)  # in the wider dtype of s and b, rounded once into y
         ctx.save_for_backward(weight, b, s)
         ctx.x_dtype = x.dtype
         return y
@@ -60,8 +80,11 @@ class OneLoRAFunction(torch.autograd.Function):
         weight, b, s = ctx.saved_tensors
         grad_x = grad_bias = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = g @ weight.to(g.dtype)
-            grad_x += (g @ b.to(g.dtype)).unsqueeze(-1)
+            if ctx.merged:
+                grad_x = g @ (weight + b[:, None])
+            else:
+                grad_x = g @ weight.to(g.dtype)
+                grad_x += (g @ b.to(g.dtype)).unsqueeze(-1)
             grad_x = grad_x.to(ctx.x_dtype)
         g2 = g.reshape(-1, g.shape[-1])
         if ctx.needs_input_grad[2]:
