@@ -49,6 +49,10 @@ class LoRA(Adapter):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if dev.type != "meta":
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.init_variant(layer, dtype)
+
+    def init_variant(self, layer: nn.Linear, dtype: torch.dtype) -> None:
+        """Parameters a LoRA variant adds (DoRA's magnitude); plain LoRA has none."""
 
     def lora_branch(self, x: Tensor) -> Tensor:
         x = x.to(self.lora_A.dtype)
@@ -63,15 +67,7 @@ class LoRA(Adapter):
 
 
 class DoRA(LoRA):
-    def __init__(
-        self,
-        layer: nn.Linear,
-        rank: int = 1,
-        alpha: float = 1.0,
-        dropout: float = 0.0,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__(layer, rank, alpha, dropout, dtype)
+    def init_variant(self, layer: nn.Linear, dtype: torch.dtype) -> None:
         w = layer.weight
         norm = torch.zeros(w.shape[0], device=w.device) if w.device.type == "meta" else w.detach().float().norm(dim=1)
         self.magnitude = nn.Parameter(norm.to(dtype))
