@@ -155,3 +155,20 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
 
     proc = _cli("peft=nosuchmethod", "dry_run=true")
     assert proc.returncode != 0 and "onelora" in proc.stderr and "nosuchmethod" in proc.stderr
+
+
+def test_multirun_through_submitit_then_report(cifar: Path) -> None:
+    """A sweep through the submitit launcher (jobs as subprocesses), then the report over its run dirs."""
+    logs = cifar / "logs"
+    proc = _cli("-m", "experiment=smoke_classification", "peft=onelora,bitfit", "seed=0,1", "hydra/launcher=local",
+                f"paths.data_dir={cifar / 'data'}", f"paths.log_dir={logs}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = logs / "multiruns" / "smoke_classification"
+    records = sorted(sweep.glob("*/seed*/result.json"))
+    assert len(records) == 4 and all(json.loads(r.read_text())["status"] == "ok" for r in records)
+    out = cifar / "report"
+    rep = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep), "--out", str(out)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    summary = (out / "summary.csv").read_text()
+    assert "onelora" in summary and "bitfit" in summary and (out / "bubble.png").stat().st_size > 0
