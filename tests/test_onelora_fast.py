@@ -109,3 +109,22 @@ def test_onelora_keeps_one_scalar_per_token_beyond_bitfit() -> None:
         sizes[method] = _saved_bytes(apply_peft(mlp(), method, exclude_modules=[]), x)
     assert sizes["onelora"] - sizes["bitfit"] == 2 * 10 * 4
     assert sizes["lora"] - sizes["bitfit"] >= 10 * 32 * 4  # at least the first layer's input
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gamma_scale_keeps_output_and_equals_plain_product(dtype: torch.dtype) -> None:
+    """DiffFit's γ ⊙ (W0 x + β) through `ScaleOutput`: the same values and gradients as `y * γ` in autograd."""
+    from onelora.peft.layer import ScaleOutput
+
+    gen = torch.Generator().manual_seed(0)
+    y0 = torch.randn(3, 5, 7, generator=gen, dtype=dtype)
+    gamma0 = 1 + 0.1 * torch.randn(7, generator=gen, dtype=dtype)
+    g = torch.randn(3, 5, 7, generator=gen, dtype=dtype)
+    grads = []
+    for fn in (ScaleOutput.apply, torch.mul):
+        y, gamma = y0.clone().requires_grad_(True), gamma0.clone().requires_grad_(True)
+        out = fn(y, gamma)
+        out.backward(g)
+        grads.append((out.detach(), y.grad, gamma.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -39,6 +39,27 @@ class Adapter(nn.Module):
         raise NotImplementedError
 
 
+class ScaleOutput(torch.autograd.Function):
+    """z = y ⊙ γ keeping z for backward instead of y: grad_γ = Σ g ⊙ z / γ, grad_y = g ⊙ γ.
+
+    The layer's output z is usually kept by the next op anyway (attention keeps q, k, v; GELU its input), so
+    DiffFit's scale costs no activation of its own there, where `y * γ` in autograd would keep y as well.
+    γ starts at 1 and trains slowly; a γ entry of exactly 0 would make its gradient undefined.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, gamma: Tensor) -> Tensor:  # type: ignore[override]
+        z = y * gamma
+        ctx.save_for_backward(z, gamma)
+        return z
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        z, gamma = ctx.saved_tensors
+        grad_gamma = (g * z).reshape(-1, z.shape[-1]).sum(0, dtype=torch.float32) / gamma.float()
+        return g * gamma, grad_gamma.to(gamma.dtype)
+
+
 def as_compute(t: Tensor | None, like: Tensor) -> Tensor | None:
     """Cast a (possibly fp32 master) parameter to the dtype the activations use."""
     return t if t is None or t.dtype == like.dtype else t.to(like.dtype)
@@ -78,7 +99,7 @@ class AdaptedLinear(nn.Linear):
         else:
             y = self.adapter(x, self.weight, bias)
         if self.gamma is not None:
-            y = y * as_compute(self.gamma, y)
+            y = ScaleOutput.apply(y, as_compute(self.gamma, y))
         return y
 
     @torch.no_grad()
