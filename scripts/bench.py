@@ -52,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine(args.device)}")
     if args.layers:
-        rows = layer_benchmark([(788, 384, 384), (788, 384, 1536), (788, 1536, 384), (512, 512, 1376), (512, 1376, 512)])
+        rows = layer_benchmark(
+            [(788, 384, 384), (788, 384, 1536), (788, 1536, 384), (512, 512, 1376), (512, 1376, 512)]
+        )
         for r in rows:
-            print(f"tokens={r['tokens']:5d} k={r['k']:5d} d={r['d']:5d} {r['variant']:>14}: {r['ms']:7.2f} ms  x{r['ratio_bitfit']:.3f}")
+            print(
+                f"tokens={r['tokens']:5d} k={r['k']:5d} d={r['d']:5d} {r['variant']:>14}: {r['ms']:7.2f} ms  x{r['ratio_bitfit']:.3f}"
+            )
         _write_csv(out / "layers.csv", rows)
         return 0
     methods = list(dict.fromkeys(["bitfit", *[m for m in args.methods.split(",") if m]]))

@@ -88,7 +88,9 @@ def test_dry_run_counts_follow_table1(tmp_path: Path, model: str, method: str, c
     adapted = len(layers) if method not in ("lora_qkv",) else len(layers) * 3 // (7 if model.startswith("llama") else 6)
     assert values["adapted_layers"] == adapted
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-5:] == [f"{k}={values[k]}" for k in ("peft_params", "head_params", "trainable_params", "total_params", "adapted_layers")]
+    assert out[-5:] == [
+        f"{k}={values[k]}" for k in ("peft_params", "head_params", "trainable_params", "total_params", "adapted_layers")
+    ]
 
 
 def test_paper_counts_where_the_architecture_matches(tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ def _grads(fn, x, w, bias, b):
     return y, x.grad, b.grad, None if bias is None else bias.grad
 
 
-@pytest.mark.parametrize("shape,merged", [((2, 12), False), ((1, 3, 12), False), ((600, 12), True), ((3, 200, 12), True)])
+@pytest.mark.parametrize(
+    "shape,merged", [((2, 12), False), ((1, 3, 12), False), ((600, 12), True), ((3, 200, 12), True)]
+)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_fast_path_equals_listing_fp32(shape: tuple[int, ...], merged: bool, with_bias: bool) -> None:
     """Both forms: additive (few tokens) and merged weight (many tokens per weight element)."""

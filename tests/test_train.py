@@ -97,7 +97,12 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_resume_after_kill_matches_uninterrupted(cifar: Path) -> None:
-    common = ["experiment=smoke_classification", "peft=onelora", "trainer.max_epochs=3", f"paths.data_dir={cifar / 'data'}"]
+    common = [
+        "experiment=smoke_classification",
+        "peft=onelora",
+        "trainer.max_epochs=3",
+        f"paths.data_dir={cifar / 'data'}",
+    ]
     killed = cifar / "killed"
     args = [*common, f"hydra.run.dir={killed}", f"paths.output_dir={killed}"]
     proc = _cli(*args, "+callbacks.kill._target_=helpers.KillAtEpochStart", "+callbacks.kill.epoch=2")
@@ -142,7 +147,11 @@ def test_quickstart_with_reduced_budget(tmp_path: Path) -> None:
 
 
 def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
-    paths = [f"paths.data_dir={tmp_path / 'nodata'}", f"hydra.run.dir={tmp_path / 'r'}", f"paths.output_dir={tmp_path / 'r'}"]
+    paths = [
+        f"paths.data_dir={tmp_path / 'nodata'}",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        f"paths.output_dir={tmp_path / 'r'}",
+    ]
     proc = _cli("experiment=smoke_classification", *paths)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()[-1]

@@ -185,7 +185,9 @@ def run_benchmark(
             r.step_s.append(step(r))
     base_infer = _infer_ms(base, inputs, dev, repeats)
     for r in rows:
-        merged = merge_peft(copy.deepcopy(r.model)) if r.impl == "onelora" else copy.deepcopy(r.model).merge_and_unload()
+        merged = (
+            merge_peft(copy.deepcopy(r.model)) if r.impl == "onelora" else copy.deepcopy(r.model).merge_and_unload()
+        )
         r.infer_ms = _infer_ms(merged, inputs, dev, repeats)
     bitfit = next(r for r in rows if r.impl == "onelora" and r.method == "bitfit")
     bit_step = statistics.median(bitfit.step_s)

@@ -130,7 +130,17 @@ def git_sha() -> str | None:
 
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for pkg in ("onelora", "torch", "lightning", "transformers", "diffusers", "timm", "torchmetrics", "hydra-core", "peft"):
+    for pkg in (
+        "onelora",
+        "torch",
+        "lightning",
+        "transformers",
+        "diffusers",
+        "timm",
+        "torchmetrics",
+        "hydra-core",
+        "peft",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -170,7 +180,10 @@ def base_record(cfg: DictConfig) -> dict[str, Any]:
 
 # --- the run --------------------------------------------------------------------------------
 def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    """Global rank 0: Lightning's own view (RANK, LOCAL_RANK, SLURM_PROCID...; the global rank once a strategy set it)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -234,7 +247,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         monitor = next((c for c in callbacks if isinstance(c, EfficiencyMonitor)), None)
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         for lg in loggers:
-            lg.log_hyperparams({"peft_params": counts.peft, "trainable_params": counts.trainable, "total_params": counts.total})
+            lg.log_hyperparams(
+                {"peft_params": counts.peft, "trainable_params": counts.trainable, "total_params": counts.total}
+            )
         last = out / "checkpoints" / "last.ckpt"
         if last.exists():  # a file, or a folder under DeepSpeed
             log.info("resuming from %s", last)
@@ -274,7 +289,9 @@ def export_model(model: torch.nn.Module, path: str) -> None:
     """Merge the method into plain layers and write a `from_pretrained`-loadable folder."""
     merge_peft(model)
     if not hasattr(model, "save_pretrained"):
-        raise ConfigError(f"export_to needs a transformers/diffusers model; {type(model).__name__} has no save_pretrained")
+        raise ConfigError(
+            f"export_to needs a transformers/diffusers model; {type(model).__name__} has no save_pretrained"
+        )
     model.save_pretrained(path)
 
 

@@ -22,7 +22,10 @@ from torchvision.transforms import v2
 from .errors import DatasetFormatError
 
 CIFAR_LAYOUT = {
-    10: ("cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"]),
+    10: (
+        "cifar-10-batches-py",
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"],
+    ),
     100: ("cifar-100-python", ["train", "test", "meta"]),
 }
 
@@ -50,7 +53,9 @@ def check_cifar(data_dir: str | Path, num_classes: int) -> None:
         )
 
 
-def seeded_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, trainer: L.Trainer | None) -> DataLoader:
+def seeded_loader(
+    dataset: Dataset, batch_size: int, seed: int, num_workers: int, trainer: L.Trainer | None
+) -> DataLoader:
     """A shuffled loader whose order depends on (seed, epoch) only, so resumed runs see the same batches.
 
     Under several processes Lightning inserts its own DistributedSampler (also epoch-seeded).
@@ -71,7 +76,9 @@ def seeded_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int
 class ImageClassificationData(L.LightningDataModule):
     """Shared loaders for the classification data modules."""
 
-    def __init__(self, batch_size: int, num_workers: int = 0, seed: int = 0, eval_batch_size: int | None = None) -> None:
+    def __init__(
+        self, batch_size: int, num_workers: int = 0, seed: int = 0, eval_batch_size: int | None = None
+    ) -> None:
         super().__init__()
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.eval_batch_size = eval_batch_size or batch_size

@@ -58,7 +58,10 @@ def find_targets(model: nn.Module, target_modules: Patterns, exclude: Patterns) 
     names = [
         n
         for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and not isinstance(m, AdaptedLinear) and _match(n, targets) and not _under(n, exclude)
+        if isinstance(m, nn.Linear)
+        and not isinstance(m, AdaptedLinear)
+        and _match(n, targets)
+        and not _under(n, exclude)
     ]
     if not names:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
@@ -252,7 +255,9 @@ def load_peft(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     src = Path(path)
     if not (src / CONFIG_FILE).is_file() or not (src / WEIGHTS_FILE).is_file():
-        raise PeftError(f"{src} is not a saved adapter: expected {CONFIG_FILE} and {WEIGHTS_FILE} (written by save_peft)")
+        raise PeftError(
+            f"{src} is not a saved adapter: expected {CONFIG_FILE} and {WEIGHTS_FILE} (written by save_peft)"
+        )
     cfg = json.loads((src / CONFIG_FILE).read_text())
     if not getattr(model, "peft_config", None):
         apply_peft(
@@ -271,7 +276,9 @@ def load_peft(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     state = model.state_dict()
     for key, t in tensors.items():
         if key not in state:
-            raise PeftError(f"adapter in {src} does not fit this model: it has no {key!r} (saved from another architecture?)")
+            raise PeftError(
+                f"adapter in {src} does not fit this model: it has no {key!r} (saved from another architecture?)"
+            )
         if tuple(state[key].shape) != tuple(t.shape):
             raise PeftError(
                 f"adapter in {src} does not fit this model: {key!r} is {tuple(t.shape)} in the file, "

@@ -87,9 +87,7 @@ class AdaptedLinear(nn.Linear):
         self.bias = bias
         self.adapter = adapter
         self.gamma = (
-            nn.Parameter(torch.ones(self.out_features, device=base.weight.device, dtype=dtype))
-            if train_gamma
-            else None
+            nn.Parameter(torch.ones(self.out_features, device=base.weight.device, dtype=dtype)) if train_gamma else None
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -113,7 +111,9 @@ class AdaptedLinear(nn.Linear):
             g = self.gamma.float()
             w = w * g[:, None]
             b = None if b is None else b * g
-        out = nn.Linear(self.in_features, self.out_features, bias=b is not None, device=w.device, dtype=self.weight.dtype)
+        out = nn.Linear(
+            self.in_features, self.out_features, bias=b is not None, device=w.device, dtype=self.weight.dtype
+        )
         out.weight.copy_(w)
         if b is not None:
             out.bias.copy_(b)
