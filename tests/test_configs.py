@@ -126,3 +126,18 @@ def test_dry_run_cli_prints_the_contract_lines() -> None:
     lines = dict(line.split("=", 1) for line in proc.stdout.strip().splitlines()[-5:])
     assert lines == {"peft_params": "1359872", "head_params": "0", "trainable_params": "1359872",
                      "total_params": str(6_738_415_616 + 1_359_872), "adapted_layers": "224"}  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", ["smoke_mde", "smoke_generation", "smoke_math", "smoke_classification"])
+def test_dry_run_estimates_memory_for_every_task(
+    tmp_path: Path, experiment: str, capsys: pytest.CaptureFixture
+) -> None:
+    """The estimate is traced on the meta device; 1LoRA keeps fewer activations than LoRA on every task."""
+    total = {}
+    for method in ("onelora", "lora"):
+        with hydra_cfg(tmp_path, f"experiment={experiment}", f"peft={method}", "dry_run=true") as cfg:
+            dry_run(cfg)
+        out = capsys.readouterr().out
+        assert "memory estimate per process" in out, out
+        total[method] = int(next(x for x in out.splitlines() if x.startswith("memory_total_bytes=")).split("=")[1])
+    assert 0 < total["onelora"] < total["lora"]

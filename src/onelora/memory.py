@@ -263,6 +263,24 @@ def example_inputs(
     return {"pixel_values": images, "labels": labels}
 
 
+def kind_inputs(kind: str, model: nn.Module, batch_size: int, cfg: Any) -> dict[str, Any] | None:
+    """A training micro-batch on the meta device for the depth and diffusion tasks (shapes from the config)."""
+    data = cfg.data.get("module") or {}
+    if kind == "depth_estimator":
+        size = data.get("input_size") or cfg.model.get("image_size") or 518
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return {"pixel_values": torch.empty(batch_size, 3, h, w, device="meta")}
+    if kind == "diffusion_transformer":
+        config = model.config
+        side = int(config.sample_size)
+        return {
+            "hidden_states": torch.empty(batch_size, config.in_channels, side, side, device="meta"),
+            "timestep": torch.empty(batch_size, dtype=torch.long, device="meta"),
+            "class_labels": torch.empty(batch_size, dtype=torch.long, device="meta"),
+        }
+    return None
+
+
 def estimate_training_memory(
     model: nn.Module,
     inputs: dict[str, Any] | None = None,
@@ -333,7 +351,7 @@ def estimate_from_config(model: nn.Module, cfg: Any) -> dict[str, int] | None:
     or its kind has no input builder here (causal LMs and image classifiers have).
     """
     kind = cfg.model.get("kind")
-    if kind not in (cfg.task.get("model_kinds") or []) or kind not in ("causal_lm", "image_classifier"):
+    if kind not in (cfg.task.get("model_kinds") or []):
         return None
     data = cfg.data.get("module") or {}
     precision = str(cfg.trainer.get("precision", "32-true"))
@@ -346,13 +364,20 @@ def estimate_from_config(model: nn.Module, cfg: Any) -> dict[str, int] | None:
     fsdp_ckpt = "fsdp" in target and (not hasattr(strategy, "get") or strategy.get("activation_checkpointing", True))
     from .batching import world_size
 
+    batch_size = int(data.get("batch_size", 1) or 1)
+    inputs, shape = None, {}
     if kind == "causal_lm":
-        shape: dict[str, Any] = {"seq_len": int(data.get("max_length", 512) or 512)}
-    else:
+        shape = {"seq_len": int(data.get("max_length", 512) or 512)}
+    elif kind == "image_classifier":
         shape = {"seq_len": None, "image_size": int(cfg.model.get("image_size") or 224)}
+    else:
+        inputs = kind_inputs(kind, model, batch_size, cfg)
+        if inputs is None:
+            return None
     return estimate_training_memory(
         model,
-        batch_size=int(data.get("batch_size", 1) or 1),
+        inputs,
+        batch_size=batch_size,
         weights_dtype=weights,
         trainable_dtype=trainable,
         autocast_dtype=autocast,
@@ -375,7 +400,7 @@ def format_memory_lines(estimate: dict[str, int] | None) -> list[str]:
     if estimate is None:
         return [
             "memory estimate: none (needs a model that fits the task, for its batch and precision, e.g. "
-            "experiment=math_llama2_13b; causal LMs and image classifiers)"
+            "experiment=math_llama2_13b)"
         ]
     by_dtype = ", ".join(
         f"{k.removeprefix('weights_')} {_gib(v)}" for k, v in sorted(estimate.items()) if k.startswith("weights_")
