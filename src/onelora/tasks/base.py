@@ -31,6 +31,7 @@ class PeftTask(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         metric_name: str = "loss",
         metric_direction: str = "min",
+        lr_groups: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if metric_direction not in ("min", "max"):
@@ -39,6 +40,7 @@ class PeftTask(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler) if scheduler else None
         self.metric_name, self.metric_direction = metric_name, metric_direction
+        self.lr_groups = {str(k): float(v) for k, v in (lr_groups or {}).items()}  # module prefix -> lr factor
         self.best: float | None = None
         self.final_metrics: dict[str, float] = {}
         # checkpoints hold only what trains: frozen weights come from the pretrained source
@@ -87,18 +89,28 @@ class PeftTask(L.LightningModule):
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.metric_direction == "min" else a > b
 
+    def lr_factor(self, name: str) -> float:
+        """The learning-rate factor of a parameter: the longest matching module prefix in `lr_groups`, else 1."""
+        best, factor = -1, 1.0
+        for prefix, f in self.lr_groups.items():
+            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+                best, factor = len(prefix), f
+        return factor
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
+        by_factor: dict[float, list[nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                by_factor.setdefault(self.lr_factor(name), []).append(p)
+        if not by_factor:
             raise ValueError("the method leaves no parameter to train")
-        optimizer = self.optimizer_factory(params)
+        factors = sorted(by_factor, reverse=True)
+        optimizer = self.optimizer_factory([{"params": by_factor[f]} for f in factors])
+        for group, f in zip(optimizer.param_groups, factors):
+            group["lr"] *= f
         if not self.scheduler_cfg:
             return optimizer
-        from transformers import get_scheduler
-
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(math.ceil(self.scheduler_cfg.get("warmup_ratio", 0.0) * total))
-        sched = get_scheduler(self.scheduler_cfg["name"], optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        sched = build_scheduler(optimizer, self.scheduler_cfg, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- checkpoints: trainable tensors, best-so-far and RNG state only ---------------------
@@ -113,6 +125,19 @@ class PeftTask(L.LightningModule):
         self.best = state.get("best")
         if "rng" in state:
             set_rng_state(state["rng"])
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], total_steps: int) -> Any:
+    """`{name: onecycle, ...OneCycleLR options}` (ZoeDepth's), or any `transformers.get_scheduler` name with
+    `warmup_ratio` (cosine with 3% warmup for MetaMath); stepped every optimiser step."""
+    opts = {k: v for k, v in cfg.items() if k != "name"}
+    if cfg["name"] == "onecycle":
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 1), **opts)
+    from transformers import get_scheduler
+
+    warmup = int(math.ceil(opts.pop("warmup_ratio", 0.0) * total_steps))
+    return get_scheduler(cfg["name"], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
 def rng_state() -> dict[str, Any]:

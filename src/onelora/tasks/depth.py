@@ -14,7 +14,6 @@ encoder and DPT decoder at lr/50 when it fine-tunes the whole model), and the ``
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -83,14 +82,13 @@ class DepthTask(PeftTask):
     ) -> None:
         kwargs.setdefault("metric_name", "rmse")
         kwargs.setdefault("metric_direction", "min")
-        super().__init__(model, **kwargs)
+        super().__init__(model, lr_groups=lr_groups, **kwargs)
         if loss not in ("zoedepth", "v2"):
             raise ValueError(f"unknown SILog variant {loss!r}; task.loss must be zoedepth or v2")
         self.loss_variant = loss
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
         self.flip_eval = flip_eval
         self.min_valid_pixels = int(min_valid_pixels)
-        self.lr_groups = {str(k): float(v) for k, v in (lr_groups or {}).items()}
         self.data_name = data_name
         self.depth_metrics = DepthMetrics(min_depth, max_depth, crop=eval_crop, min_valid_pixels=min_valid_pixels)
         conv3 = getattr(getattr(model, "head", None), "conv3", None)
@@ -129,36 +127,3 @@ class DepthTask(PeftTask):
         return values
 
     # --- optimiser: per-prefix learning rates and ZoeDepth's one-cycle schedule ---------------
-    def _lr_factor(self, name: str) -> float:
-        best, factor = -1, 1.0
-        for prefix, f in self.lr_groups.items():
-            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
-                best, factor = len(prefix), f
-        return factor
-
-    def configure_optimizers(self) -> Any:
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if not named:
-            raise ValueError("the method leaves no parameter to train")
-        by_factor: dict[float, list[nn.Parameter]] = {}
-        for n, p in named:
-            by_factor.setdefault(self._lr_factor(n), []).append(p)
-        factors = sorted(by_factor, reverse=True)
-        optimizer = self.optimizer_factory([{"params": by_factor[f]} for f in factors])
-        for group, f in zip(optimizer.param_groups, factors):
-            group["lr"] *= f
-        if not self.scheduler_cfg:
-            return optimizer
-        opts = {k: v for k, v in self.scheduler_cfg.items() if k != "name"}
-        total = int(self.trainer.estimated_stepping_batches)
-        if self.scheduler_cfg["name"] == "onecycle":
-            sched: Any = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total, 1), **opts
-            )
-        else:
-            from transformers import get_scheduler
-
-            warmup = int(math.ceil(opts.pop("warmup_ratio", 0.0) * total))
-            name = self.scheduler_cfg["name"]
-            sched = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
