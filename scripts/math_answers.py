@@ -47,59 +47,6 @@ def normalize(answer: str | None) -> str | None:
         return a
 
 
-def load_config(run_dir: Path, config: Path | None) -> Any:
-    from omegaconf import OmegaConf, open_dict
-
-    candidates = [config] if config else [run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"]
-    path = next((p for p in candidates if p is not None and p.is_file()), None)
-    if path is None:
-        raise SystemExit(f"error: no run config in {run_dir} (config.yaml or .hydra/config.yaml); pass --config")
-    cfg = OmegaConf.load(path)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run_dir)  # Hydra's ${hydra:...} does not resolve outside a Hydra run
-    return cfg
-
-
-def checkpoint_state(path: Path) -> dict[str, Any]:
-    """`model.*` tensors of a Lightning checkpoint file, or of a DeepSpeed checkpoint folder."""
-    import torch
-
-    if path.is_dir():  # DeepSpeed: <ckpt>/checkpoint/mp_rank_00_model_states.pt holds the module's state
-        files = sorted(path.rglob("mp_rank_00_model_states.pt"))
-        if not files:
-            raise SystemExit(f"error: {path} is a folder without mp_rank_00_model_states.pt")
-        raw = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
-    else:  # our own checkpoint: it also holds RNG state and loop progress (not only tensors)
-        raw = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    state = {}
-    for k, v in raw.items():
-        i = k.find("model.")
-        if i >= 0:
-            state[k[i:]] = v
-    return state
-
-
-def build(cfg: Any, ckpt: Path) -> tuple[Any, Any]:
-    """The run's model (same seed, method and dtypes) with the checkpoint's trained tensors; and the task."""
-    import lightning as L
-    from hydra.utils import instantiate
-
-    from onelora.train import build_peft_model
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # random-init models: the same frozen weights
-    model, _ = build_peft_model(cfg)
-    task = instantiate(cfg.task.module, model=model, optimizer=None, scheduler=None)
-    state = checkpoint_state(ckpt)
-    missing, unexpected = task.load_state_dict(state, strict=False)
-    trainable = {f"model.{n}" for n, p in model.named_parameters() if p.requires_grad}
-    absent = sorted(trainable & set(missing))
-    if absent or unexpected:
-        raise SystemExit(
-            f"error: checkpoint {ckpt} does not match the run's model: missing {absent[:3]}, unexpected {list(unexpected)[:3]}"
-        )
-    return model, task
-
-
 def generate(model: Any, tokenizer: Any, questions: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     import torch
 
@@ -137,14 +84,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from hydra.utils import instantiate
 
+    from onelora.checkpoints import RunError, load_run
     from onelora.data.metamath import _valid
 
     run_dir = args.run_dir.resolve()
-    cfg = load_config(run_dir, args.config)
     ckpt = args.ckpt or run_dir / "checkpoints" / "last.ckpt"
-    if not ckpt.exists():
-        raise SystemExit(f"error: no checkpoint {ckpt}; pass --ckpt")
-    model, _ = build(cfg, ckpt)
+    try:
+        cfg, model, _ = load_run(run_dir, ckpt, args.config)
+    except RunError as e:
+        raise SystemExit(f"error: {e}") from None
     dm = instantiate(cfg.data.module)
     tokenizer = dm.load_tokenizer()
     _, val = dm.split_records()
