@@ -141,3 +141,14 @@ def test_dry_run_estimates_memory_for_every_task(
         assert "memory estimate per process" in out, out
         total[method] = int(next(x for x in out.splitlines() if x.startswith("memory_total_bytes=")).split("=")[1])
     assert 0 < total["onelora"] < total["lora"]
+
+
+def test_unreachable_pretrained_weights_are_one_clear_error(tmp_path: Path) -> None:
+    """A hub id that cannot be loaded (no network here, or a wrong id) ends as ModelError naming the fix."""
+    from onelora.models import ModelError, build_model
+
+    with hydra_cfg(tmp_path, "model=vit_tiny", "model.pretrained=nobody-here/no-such-model") as cfg:
+        with pytest.raises(
+            ModelError, match="cannot load pretrained weights 'nobody-here/no-such-model'.*model.pretrained="
+        ):
+            build_model(cfg.model)

@@ -63,15 +63,16 @@ def build_model(spec: Mapping, *, pretrained: bool = True, meta: bool = False) -
             "written by save_pretrained, or model.pretrained=null for random weights"
             + (f"; {spec['pretrained_hint']}" if spec.get("pretrained_hint") else "")
         )
-    with torch.device("meta") if meta else nullcontext():
-        if library == "transformers":
-            model = _build_transformers(spec, arch, overrides, source)
-        elif library == "diffusers":
-            model = _build_diffusers(spec, arch, overrides, source)
-        elif library == "timm":
-            model = _build_timm(spec, arch, overrides, source)
-        else:
-            raise ModelError(f"unknown model library {library!r}; valid: transformers, diffusers, timm")
+    if library not in ("transformers", "diffusers", "timm"):
+        raise ModelError(f"unknown model library {library!r}; valid: transformers, diffusers, timm")
+    try:
+        model = _build(library, spec, arch, overrides, source, meta)
+    except OSError as e:  # hub unreachable, gated repo, missing files: one line, and what to do
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"cannot load pretrained weights {source!r} ({first}); download them where the hub is reachable "
+            "(huggingface-cli download, or HF_HOME pointing at a filled cache), or set model.pretrained=<local dir>"
+        ) from None
     if spec.get("post_build"):  # {_target_: function, **kwargs}: called as function(model, **kwargs)
         hook = _plain(spec["post_build"])
         model = _import(hook.pop("_target_"))(model, **hook) or model
@@ -80,6 +81,12 @@ def build_model(spec: Mapping, *, pretrained: bool = True, meta: bool = False) -
     # `from_pretrained` returns eval mode and Lightning keeps module modes: train mode (dropout, drop-path,
     # activation checkpointing) must be set here, or a run from pretrained weights trains in eval mode
     return model.train()
+
+
+def _build(library: str, spec: Mapping, arch: dict, overrides: dict, source: str | None, meta: bool) -> nn.Module:
+    builder = {"transformers": _build_transformers, "diffusers": _build_diffusers, "timm": _build_timm}[library]
+    with torch.device("meta") if meta else nullcontext():
+        return builder(spec, arch, overrides, source)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

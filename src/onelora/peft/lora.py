@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layer import Adapter
-from .registry import register
+from .registry import PeftError, register
 
 QKV_MODULES = ["q_proj", "k_proj", "v_proj", "query", "key", "value", "to_q", "to_k", "to_v", "qkv"]
 
@@ -41,7 +41,7 @@ class LoRA(Adapter):
     ) -> None:
         super().__init__()
         if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+            raise PeftError(f"LoRA rank must be >= 1, got {rank}")
         dev = layer.weight.device
         self.scaling = alpha / rank
         self.lora_A = nn.Parameter(torch.empty(rank, layer.in_features, device=dev, dtype=dtype))

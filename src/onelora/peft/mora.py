@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layer import Adapter
-from .registry import register
+from .registry import PeftError, register
 
 
 def mora_rank(in_features: int, out_features: int, rank: int, mora_type: int, rank_rule: str) -> int:
@@ -33,7 +33,7 @@ def mora_rank(in_features: int, out_features: int, rank: int, mora_type: int, ra
     elif rank_rule == "official":
         r_hat = int(math.sqrt((in_features + out_features) * rank) + 0.5)
     else:
-        raise ValueError(f"unknown MoRA rank_rule {rank_rule!r}; valid: paper, official")
+        raise PeftError(f"unknown MoRA rank_rule {rank_rule!r}; valid: paper, official")
     if mora_type == 6:
         r_hat = r_hat // 2 * 2
     return max(r_hat, 2 if mora_type == 6 else 1)
@@ -63,7 +63,7 @@ class MoRA(Adapter):
     ) -> None:
         super().__init__()
         if mora_type not in (1, 6):
-            raise ValueError(f"MoRA type must be 1 or 6, got {mora_type}")
+            raise PeftError(f"MoRA type must be 1 or 6, got {mora_type}")
         self.mora_type = mora_type
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.r = mora_rank(layer.in_features, layer.out_features, rank, mora_type, rank_rule)
