@@ -60,7 +60,12 @@ class LoRA(Adapter):
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         y = F.linear(x, weight, bias)
-        return y + self.lora_branch(self.dropout(x)).to(y.dtype)
+        h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
+        if h.dtype != y.dtype:  # fp32 adapters on a bf16 model: the branch in fp32, then cast
+            return y + (F.linear(h, self.lora_B) * self.scaling).to(y.dtype)
+        # y + s·(h Bᵀ) in one GEMM (no d-wide temporary, no separate scale and add); autograd keeps h, as before
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), self.lora_B.T, alpha=self.scaling)
+        return out.view(y.shape)
 
     def delta_weight(self, weight: Tensor) -> Tensor:
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling

@@ -57,7 +57,10 @@ class VeRA(Adapter):
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         y = F.linear(x, weight, bias)
         h = F.linear(self.dropout(x).to(self.vera_A.dtype), self.vera_A)
-        return y + (self.lambda_b * F.linear(self.lambda_d * h, self.vera_B)).to(y.dtype)
+        up = F.linear(self.lambda_d * h, self.vera_B)
+        if up.dtype != y.dtype:
+            return y + (self.lambda_b * up).to(y.dtype)
+        return torch.addcmul(y, self.lambda_b, up)  # the scale and the add in one pass
 
     def delta_weight(self, weight: Tensor) -> Tensor:
         return (self.lambda_b[:, None] * self.vera_B).float() @ (self.lambda_d[:, None] * self.vera_A).float()
