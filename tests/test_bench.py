@@ -38,4 +38,4 @@ def test_bench_tiny_writes_csv_and_table(tmp_path: Path) -> None:
 
 def test_layer_benchmark_runs_every_variant() -> None:
     rows = bench.layer_benchmark([(16, 8, 12)], repeats=1)
-    assert {r["variant"] for r in rows} == {"bitfit", "listing", "merged_weight", "onelora_fast"}
+    assert {r["variant"] for r in rows} == {"bitfit", "listing", "additive", "merged_weight", "onelora_fast"}

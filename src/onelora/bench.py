@@ -234,24 +234,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-class MergedWeightOneLoRA(torch.autograd.Function):
-    """The alternative fast path measured by `layer_benchmark`: y = (W + b 1ᵀ) x + β, grad_b = gᵀ(1ᵀx)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:  # type: ignore[override]
-        y = torch.nn.functional.linear(x, weight + b[:, None].to(weight.dtype), bias)
-        ctx.save_for_backward(weight, b, x.sum(-1, keepdim=True, dtype=b.dtype))
-        return y
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None, Tensor]:  # type: ignore[override]
-        weight, b, s = ctx.saved_tensors
-        g2 = g.reshape(-1, g.shape[-1])
-        return g @ (weight + b[:, None].to(weight.dtype)), None, None, g2.T.to(b.dtype) @ s.reshape(-1)
-
-
 def layer_benchmark(shapes: list[tuple[int, int, int]], repeats: int = 31) -> list[dict[str, Any]]:
-    """One linear layer, tokens x k -> d: BitFit, the paper's listing in autograd, merged-weight, our fast path."""
+    """One linear layer, tokens x k -> d: BitFit, the paper's listing in autograd, our two forms, our choice."""
     from .peft.onelora import OneLoRAFunction, onelora_reference
 
     def bitfit(x: Tensor, w: Tensor, bias: Tensor, b: Tensor) -> Tensor:
@@ -260,8 +244,9 @@ def layer_benchmark(shapes: list[tuple[int, int, int]], repeats: int = 31) -> li
     variants = {
         "bitfit": (bitfit, True),
         "listing": (onelora_reference, False),
-        "merged_weight": (MergedWeightOneLoRA.apply, False),
-        "onelora_fast": (OneLoRAFunction.apply, False),
+        "additive": (lambda x, w, bias, b: OneLoRAFunction.apply(x, w, bias, b, False), False),
+        "merged_weight": (lambda x, w, bias, b: OneLoRAFunction.apply(x, w, bias, b, True), False),
+        "onelora_fast": (OneLoRAFunction.apply, False),  # chooses between the two by shape and dtype
     }
     out = []
     for tokens, k, d in shapes:

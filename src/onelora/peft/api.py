@@ -104,8 +104,8 @@ def apply_peft(
             f"valid: {', '.join(sorted(allowed)) or 'none'}"
         )
     defaults = dict(m.defaults)
-    target_modules = target_modules if target_modules is not None else defaults.pop("target_modules", None)
-    defaults.pop("target_modules", None)
+    default_targets = defaults.pop("target_modules", None)  # e.g. lora_qkv's
+    target_modules = default_targets if target_modules is None else target_modules
     opts = {**defaults, **options}
     exclude = list(DEFAULT_HEADS if exclude_modules is None else _as_list(exclude_modules) or [])
     heads = _as_list(head) or []

@@ -64,9 +64,12 @@ class OneLoRAFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor, merged: bool | None = None
+    ) -> Tensor:
+        """`merged`: force a form (the layer benchmark compares them); None chooses by `use_merged_weight`."""
         s = x.sum(-1, keepdim=True, dtype=b.dtype)
-        ctx.merged = use_merged_weight(x, weight, b)
+        ctx.merged = use_merged_weight(x, weight, b) if merged is None else merged
         if ctx.merged:
             y = F.linear(x, weight + b[:, None], bias)
         else:
@@ -76,7 +79,7 @@ class OneLoRAFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, None, Tensor | None, Tensor | None]:  # type: ignore[override]
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, None, Tensor | None, Tensor | None, None]:  # type: ignore[override]
         weight, b, s = ctx.saved_tensors
         grad_x = grad_bias = grad_b = None
         if ctx.needs_input_grad[0]:
@@ -91,7 +94,7 @@ class OneLoRAFunction(torch.autograd.Function):
             grad_bias = g2.sum(0)
         if ctx.needs_input_grad[3]:
             grad_b = _matvec_t(g2, s.reshape(-1), b.dtype)
-        return grad_x, None, grad_bias, grad_b
+        return grad_x, None, grad_bias, grad_b, None
 
 
 def onelora_forward(x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:
@@ -119,7 +122,7 @@ class OneLoRARandom(Adapter):
         g = torch.Generator().manual_seed(seed + _layer_counter(layer))
         self.b = nn.Parameter(torch.zeros(layer.out_features, device=layer.weight.device, dtype=dtype))
         v = torch.randn(layer.in_features, generator=g, dtype=dtype)
-        self.register_buffer("v", v.to(layer.weight.device if layer.weight.device.type != "meta" else "meta"))
+        self.register_buffer("v", v.to(layer.weight.device))
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         y = F.linear(x, weight, bias)
