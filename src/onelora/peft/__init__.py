@@ -17,13 +17,11 @@ from .api import (
     apply_peft,
     count_parameters,
     find_targets,
-    load_peft,
     merge_peft,
-    peft_state_dict,
-    save_peft,
 )
 from .layer import AdaptedLinear, Adapter
 from .registry import EXTRAS, METHODS, Method, PeftError, available_methods, register, resolve_method
+from .serialization import load_peft, peft_state_dict, save_peft
 
 # every module of this package may register methods: importing them is the registry
 for _mod in pkgutil.iter_modules(__path__):
