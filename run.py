@@ -12,7 +12,8 @@ os.environ.setdefault("ONELORA_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from onelora.train import run, user_errors
+    from onelora.errors import user_errors
+    from onelora.train import run
 
     try:
         run(cfg)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 
 
 def _config_error(msg: str) -> Exception:
-    from .train import ConfigError  # lazy: train.py imports this module
+    from .errors import ConfigError
 
     return ConfigError(msg)
 

@@ -33,7 +33,7 @@ from torch import nn
 
 
 def _config_error(msg: str) -> Exception:
-    from .train import ConfigError
+    from .errors import ConfigError
 
     return ConfigError(msg)
 

@@ -20,23 +20,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .models import ModelError, build_model
-from .peft import DEFAULT_HEADS, ParameterCount, PeftError, apply_peft, count_parameters, merge_peft
+from .errors import ConfigError, user_errors  # noqa: F401  (re-exported: onelora.train.ConfigError, user_errors)
+from .models import build_model
+from .peft import DEFAULT_HEADS, ParameterCount, apply_peft, count_parameters, merge_peft
 
 log = logging.getLogger("onelora")
 
 RECORD = "result.json"
-
-
-class ConfigError(ValueError):
-    """A configuration the user can fix (one clear line)."""
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors printed as one line by run.py, without a traceback."""
-    from .data.errors import DatasetFormatError
-
-    return (ConfigError, PeftError, ModelError, DatasetFormatError)
 
 
 # --- building -------------------------------------------------------------------------------

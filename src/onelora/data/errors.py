@@ -1,13 +1,7 @@
-"""Errors shared by the dataset loaders."""
+"""Errors shared by the dataset loaders (defined in `onelora.errors`)."""
 
 from __future__ import annotations
 
+from ..errors import DatasetFormatError  # the one module of user errors; this path stays for old imports
+
 __all__ = ["DatasetFormatError"]
-
-
-class DatasetFormatError(ValueError):
-    """A dataset file is missing, malformed, or not in the expected on-disk format.
-
-    The message always names the offending file and describes the layout the loader expected,
-    so that a wrong ``data_root`` or a half-downloaded dataset is diagnosed from the message alone.
-    """

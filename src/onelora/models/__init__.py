@@ -22,9 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-class ModelError(ValueError):
-    """A model that cannot be built as configured (one clear line)."""
+from ..errors import ModelError  # noqa: F401  (re-exported: onelora.models.ModelError)
 
 
 def _import(path: str) -> Any:

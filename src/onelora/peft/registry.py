@@ -18,11 +18,9 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import PeftError  # noqa: F401  (re-exported: onelora.peft.PeftError)
+
 EXTRAS = ("bias", "gamma", "norms")
-
-
-class PeftError(ValueError):
-    """A user error in choosing or configuring a method (one clear line)."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class MathTask(PeftTask):
         tok = getattr(dm, "tokenizer", None)
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
         if tok is not None and vocab is not None and len(tok) > vocab:
-            from ..train import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(
                 f"the tokenizer has {len(tok)} tokens but the model's embedding only {vocab}; "
