@@ -59,6 +59,8 @@ __all__ = [
     "IMAGENET_STD",
     "DEPTH_DEFAULTS",
     "input_hw",
+    "IMAGE_HW",
+    "dataset_input_hw",
     "load_rgb",
     "load_png_depth",
     "kb_crop_box",
@@ -160,6 +162,22 @@ def load_png_depth(path: Path, scale: float, context: str = "") -> np.ndarray:
             f"single-channel 16-bit PNG (uint16, depth = value / {scale:g})"
         )
     return arr.astype(np.float32) / np.float32(scale)
+
+
+#: Size of a data set's images as the transform receives them (KITTI after the KB crop; DIODE 768x1024).
+IMAGE_HW: dict[str, tuple[int, int]] = {"nyu": (480, 640), "kitti": (KB_H, KB_W), "diode": (768, 1024)}
+
+
+def dataset_input_hw(
+    dataset: str, input_size: int | Sequence[int] | None = 518, keep_aspect: bool = True, multiple_of: int = 14
+) -> tuple[int, int]:
+    """The network input ``(h, w)`` a data set's training images get (:func:`input_hw` of :data:`IMAGE_HW`).
+
+    The one source of the input size for the data, the dry run's memory estimate and the cost measurements.
+    """
+    if dataset not in IMAGE_HW:
+        raise ValueError(f"unknown depth data set {dataset!r}; valid: {', '.join(IMAGE_HW)}")
+    return input_hw(*IMAGE_HW[dataset], input_size, multiple_of, keep_aspect)
 
 
 def kb_crop_box(h: int, w: int) -> tuple[int, int]:
