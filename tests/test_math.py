@@ -99,6 +99,40 @@ def test_build_example_masks_the_prompt_and_keeps_response_plus_eos(tokenizer) -
     assert len(padded["input_ids"]) == len(ids) + 5 and padded["labels"][-5:] == [IGNORE_INDEX] * 5
 
 
+@pytest.mark.parametrize(
+    ("query", "expected_tail"),
+    [  # MoRA's / MetaMath's get_input + PROMPT_DICT, run on these queries (issue 11, item 10)
+        ("What is 2 plus 3?\n\n", "### Instruction:\nWhat is 2 plus 3?\n\n### Input:\n\n\n\n### Response:"),
+        ("Add the numbers.\n\n2 and 3", "### Instruction:\nAdd the numbers.\n\n### Input:\n\n2 and 3\n\n### Response:"),
+        ("Add.\n2 and 3\n", "### Instruction:\nAdd.\n\n### Input:\n2 and 3\n\n\n### Response:"),
+        ("A\n", "request.\n\n### Instruction:\nA\n\n### Response:"),  # input '' (one empty line after)
+    ],
+)
+def test_input_is_the_other_lines_verbatim_as_mora(query: str, expected_tail: str) -> None:
+    prompt = format_prompt(query)
+    assert prompt.endswith(expected_tail)
+    assert ("paired with an input" in prompt) == ("### Input:" in expected_tail)
+
+
+def test_prompt_and_response_are_tokenised_together_as_mora(tmp_path: Path) -> None:
+    """A tokenizer that merges ":We" across the "### Response:" boundary. MoRA's preprocess (run on the same
+    tokenizer and record) gives 69 ids, the first 40 labels -100 (len(tokenize(prompt))): the joint text has
+    '▁Response' at 39 and the merged ':We' at 40, which is trained; the prompt alone ends in '▁Response:'."""
+    tok = make_tokenizer(tmp_path / "merging")
+    tok.add_tokens([":We"])
+    query, response = "What is 2 plus 3?", "We add 2 and 3 to get 5.\nThe answer is: 5"
+    ex = build_example(query, response, tok, max_length=512)
+    ids, labels = ex["input_ids"], ex["labels"]
+    assert len(ids) == 69 and labels[:40] == [IGNORE_INDEX] * 40 and labels[40:] == ids[40:]
+    assert tok.convert_ids_to_tokens(ids[38:41]) == ["\n\n###", "▁Response", ":We"]
+    assert ids == tok(format_prompt(query) + response + "</s>")["input_ids"] and ids[-1] == tok.eos_token_id
+    prompt_ids = tok(format_prompt(query))["input_ids"]
+    assert len(prompt_ids) == 40 and tok.convert_ids_to_tokens(prompt_ids[-1]) == "▁Response:"
+    assert ids[:40] != prompt_ids  # the boundary token differs: masking by count, not by matching
+    ds = MetaMathDataset([{"query": query, "response": response}], tok, max_length=512)
+    assert ds[0]["input_ids"].tolist() == ids and ds[0]["labels"].tolist() == labels
+
+
 def test_truncation_keeps_the_prompt_response_boundary(tokenizer) -> None:
     r = records()[1]
     n = len(tokenizer(format_prompt(r["query"]))["input_ids"])
@@ -273,6 +307,24 @@ def test_math_experiments_compose_with_the_paper_batch(
     manifest = OmegaConf.load(ROOT / "experiments" / ("fig4.yaml" if "13b" in experiment else "fig3.yaml"))
     if not experiment.endswith("1gpu"):
         assert manifest.experiment == experiment and manifest.metric.name == "val_loss"
+
+
+@pytest.mark.parametrize(
+    ("method", "scaling"), [("lora", 16.0), ("lora_qkv", 16.0), ("dora", 16.0), ("mora1", None), ("mora6", None)]
+)
+def test_math_adapters_follow_moras_alpha_and_dropout(tmp_path: Path, method: str, scaling: float | None) -> None:
+    """MoRA's train.py: lora_alpha=16, lora_dropout=0.05 (s = 16 at r = 1); MoRA itself ignores alpha (scaling 1.0
+    in peft-mora's update_layer), so only its dropout changes. Other tasks keep their own choice (alpha 1, no dropout)."""
+    with hydra_cfg(tmp_path, "experiment=smoke_math", f"peft={method}") as cfg:
+        assert cfg.peft.options.dropout == 0.05 and cfg.peft.options.get("alpha") == scaling
+        model, _ = build_peft_model(cfg)
+    adapters = [m.adapter for m in model.modules() if hasattr(m, "adapter")]
+    assert adapters and all(a.dropout.p == 0.05 for a in adapters)
+    assert all(getattr(a, "scaling", None) == scaling for a in adapters)
+    with hydra_cfg(tmp_path, "experiment=smoke_classification", f"peft={method}") as cfg:
+        assert cfg.peft.options.dropout == 0.0 and cfg.peft.options.get("alpha") in (1.0, None)
+    with hydra_cfg(tmp_path, "experiment=math_llama2_7b", f"peft={method}", "peft.options.dropout=0.1") as cfg:
+        assert cfg.peft.options.dropout == 0.1  # the command line still wins
 
 
 def test_fsdp_strategy_instantiates_and_wraps_layers_and_adapters(tmp_path: Path) -> None:

@@ -4,15 +4,18 @@ On disk: the JSON file of the `meta-math/MetaMathQA` dataset repository (`MetaMa
 of records `{"query", "response", "type", "original_question"}`; a JSON-lines file works too). A hub id
 (`meta-math/MetaMathQA`) is fetched through `huggingface_hub` (a dependency of transformers) when online.
 
-Recipe (MoRA `train.py`, Alpaca prompt): the query's first line is the instruction, the rest the input;
-the target is `response + EOS`; the loss covers response tokens only (prompt and padding labels are
--100); at most 512 tokens, right padding. The split is a seeded permutation of the file's records with
-its own `split_seed` (not the run seed), so every method and seed of a sweep sees the same split.
+Recipe (MoRA `training_utils.py`, the same code as MetaMath's `train_math.py`): the query's first line is
+the instruction and the other lines, joined verbatim, the input (`'\n'.join(query.split('\n')[1:])`: blank
+lines and trailing newlines kept); the with-input Alpaca template is used whenever that input is not `''`.
+The example is `prompt + response + eos_token` tokenised as one text, and its first `len(tokenize(prompt))`
+labels are -100 (so a token that merges across the `### Response:` boundary is masked, as officially); at most
+512 tokens, right padding. The split is a seeded permutation of the file's records with its own `split_seed`
+(not the run seed), so every method and seed of a sweep sees the same split.
 
 Examples that cannot be used are skipped, counted and reported once (log line and `skipped`):
 a record without a string `query`/`response` (`malformed`), a prompt that alone fills `max_length`
-(`prompt_too_long`). A response cut by `max_length` is kept (as MoRA does) and counted (`truncated`);
-the target is never truncated to nothing.
+(`prompt_too_long`; MoRA would keep it with every label -100, so it adds no loss there either). A response
+cut by `max_length` is kept (as MoRA does) and counted (`truncated`).
 
 Padding: the collator pads on the right with the tokenizer's pad id; LLaMA-2 has none, and MoRA sets
 pad id 2 (`</s>`), which we follow (pad = unk would do as well): the value is irrelevant since padded
@@ -60,48 +63,50 @@ class PromptTooLongError(ValueError):
     """The prompt alone leaves no room for a response token within `max_length`."""
 
 
+def split_query(query: str) -> tuple[str, str]:
+    """(instruction, input) as MoRA and MetaMath: the first line, and the other lines joined verbatim ('' if none)."""
+    lines = query.split("\n")
+    return lines[0], "\n".join(lines[1:])
+
+
 def format_prompt(query: str) -> str:
-    """MoRA's Alpaca prompt: the first line of the query is the instruction, the other lines the input."""
-    instruction, _, rest = query.partition("\n")
-    rest = rest.strip("\n")
-    if rest:
-        return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=rest)
+    """MoRA's Alpaca prompt: the with-input template whenever the input (the lines after the first) is not ''."""
+    instruction, input_ = split_query(query)
+    if input_ != "":
+        return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=input_)
     return ALPACA_PROMPT.format(instruction=instruction)
 
 
 def check_tokenizer(tokenizer: Any, name: str = "the tokenizer") -> None:
-    """The recipe needs an EOS token (the end of every target); padding falls back to EOS as in MoRA."""
+    """The recipe needs an EOS token that the tokenizer reads back from text (the target is response + eos_token,
+    tokenised as text, as MoRA does); padding falls back to EOS as in MoRA."""
     if tokenizer.eos_token_id is None:
         raise DatasetFormatError(
             f"{name} ({type(tokenizer).__name__}) has no eos_token: the MetaMath target is response + EOS; "
             "use the model's own tokenizer (model.tokenizer=) or one with an eos_token"
         )
+    if tokenizer(tokenizer.eos_token, add_special_tokens=False)["input_ids"] != [tokenizer.eos_token_id]:
+        raise DatasetFormatError(
+            f"{name} ({type(tokenizer).__name__}) does not read its eos_token {tokenizer.eos_token!r} in text as "
+            "one token: the MetaMath target is response + eos_token as text; use the model's own tokenizer"
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # MoRA: pad id 2 = </s> for LLaMA; labels of padding are -100
 
 
-def _encode(tokenizer: Any, texts: list[str], special: bool = True) -> list[list[int]]:
-    return tokenizer(texts, add_special_tokens=special, truncation=False)["input_ids"]
+def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, truncation=False)["input_ids"]
 
 
-def _assemble(
-    prompt_ids: list[int], full_ids: list[int], response_ids: list[int] | None, eos: int, max_length: int
-) -> tuple[dict[str, list[int]], bool]:
-    """input_ids/labels from the prompt and prompt+response tokenisations; (example, truncated)."""
-    n = len(prompt_ids)
-    if n >= max_length:
-        raise PromptTooLongError(f"the prompt has {n} tokens, max_length is {max_length}")
-    if full_ids[:n] != prompt_ids:  # a token merged across the boundary: tokenise the two parts apart
-        if response_ids is None:
-            raise AssertionError("response_ids needed")
-        full_ids = prompt_ids + response_ids
-    if full_ids and full_ids[-1] == eos and len(full_ids) > n:
-        full_ids = full_ids[:-1]  # a tokenizer that appends EOS itself
-    ids = [*full_ids, eos]
-    truncated = len(ids) > max_length
-    ids = ids[:max_length]
-    labels = [IGNORE_INDEX] * n + ids[n:]
-    return {"input_ids": ids, "labels": labels}, truncated
+def _assemble(prompt_len: int, full_ids: list[int], max_length: int) -> tuple[dict[str, list[int]], bool]:
+    """input_ids/labels as MoRA's `preprocess`: the first `prompt_len` labels -100; (example, truncated)."""
+    if prompt_len >= max_length or len(full_ids) <= prompt_len:
+        raise PromptTooLongError(
+            f"the prompt has {prompt_len} tokens, max_length is {max_length}: no response token would be trained"
+        )
+    truncated = len(full_ids) > max_length
+    ids = full_ids[:max_length]
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]}, truncated
 
 
 def build_example(
@@ -109,16 +114,14 @@ def build_example(
 ) -> dict[str, list[int]]:
     """One training example: `input_ids` and `labels` (prompt positions, and padding if `pad`, are -100).
 
-    The prompt is tokenised alone and with the response (as MoRA does); should a token merge across the
-    boundary, the response is tokenised separately so the boundary stays exact. Target = response + EOS,
-    cut at `max_length` (the response keeps at least one token; a prompt that alone fills `max_length`
-    raises `PromptTooLongError`). `pad`: right-pad to `max_length` (the data module pads per batch instead).
+    As MoRA: `prompt + response + eos_token` is tokenised as one text and its first `len(tokenize(prompt))`
+    labels are masked; cut at `max_length` (a prompt that alone fills `max_length` raises `PromptTooLongError`).
+    `pad`: right-pad to `max_length` (the data module pads per batch instead).
     """
     check_tokenizer(tokenizer)
     prompt = format_prompt(query)
-    prompt_ids, full_ids = _encode(tokenizer, [prompt, prompt + response])
-    response_ids = _encode(tokenizer, [response], special=False)[0]
-    ex, _ = _assemble(prompt_ids, full_ids, response_ids, tokenizer.eos_token_id, max_length)
+    prompt_ids, full_ids = _encode(tokenizer, [prompt, prompt + response + tokenizer.eos_token])
+    ex, _ = _assemble(len(prompt_ids), full_ids, max_length)
     if pad:
         short = max_length - len(ex["input_ids"])
         ex = {
@@ -202,7 +205,6 @@ class MetaMathDataset(Dataset):
         self.labels_start: list[int] = []
         self.skipped: Counter[str] = Counter()
         self.truncated = 0
-        eos = tokenizer.eos_token_id
         good = []
         for r in records:
             if _valid(r):
@@ -213,11 +215,10 @@ class MetaMathDataset(Dataset):
             part = good[i : i + chunk]
             prompts = [format_prompt(r["query"]) for r in part]
             prompt_ids = _encode(tokenizer, prompts)
-            full_ids = _encode(tokenizer, [p + r["response"] for p, r in zip(prompts, part)])
+            full_ids = _encode(tokenizer, [p + r["response"] + tokenizer.eos_token for p, r in zip(prompts, part)])
             for r, p_ids, f_ids in zip(part, prompt_ids, full_ids):
-                resp = None if f_ids[: len(p_ids)] == p_ids else _encode(tokenizer, [r["response"]], special=False)[0]
                 try:
-                    ex, cut = _assemble(p_ids, f_ids, resp, eos, max_length)
+                    ex, cut = _assemble(len(p_ids), f_ids, max_length)
                 except PromptTooLongError:
                     self.skipped["prompt_too_long"] += 1
                     continue
