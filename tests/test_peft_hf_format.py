@@ -1,0 +1,265 @@
+"""HF peft's adapter format both ways, with the installed peft as the oracle; strict loading of both formats.
+
+Export: a trained (perturbed) onelora model is saved with `format="peft"`; `peft.PeftModel.from_pretrained`
+on a fresh copy of the base model must give the same outputs. Import: a peft model (LoRA, DoRA, VeRA,
+MiSS r=1) with perturbed adapter weights is saved by peft itself; `load_peft` on a fresh base copy must
+give peft's outputs. Strictness: damaged folders end in one `PeftError` naming the file and the fault.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+peft = pytest.importorskip("peft")
+from peft import IA3Config, LoraConfig, MissConfig, PeftModel, VeraConfig, get_peft_model  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from onelora.peft import PeftError, apply_peft, load_peft, save_peft  # noqa: E402
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+class Net(nn.Module):
+    """Two blocks of linear layers (one without bias, one wider than the input) and a classifier head."""
+
+    def __init__(self, blocks: int = 2, k: int = 10) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict({"up": nn.Linear(k, 14), "down": nn.Linear(14, k, bias=False)}) for _ in range(blocks)
+        )
+        self.classifier = nn.Linear(k, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = x + blk["down"](torch.tanh(blk["up"](x)))
+        return self.classifier(x)
+
+
+def base_net(blocks: int = 2) -> Net:
+    torch.manual_seed(0)
+    return Net(blocks).eval()
+
+
+X = torch.randn(4, 10, generator=torch.Generator().manual_seed(7))
+
+
+def perturb(model: nn.Module, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def trained(method: str, head: bool = False, **options) -> tuple[Net, Net]:
+    base = base_net()
+    model = apply_peft(copy.deepcopy(base), method, head="classifier" if head else None, seed=3, **options)
+    perturb(model)
+    return base, model
+
+
+# ------------------------------------------------------------------------------------- export
+EXPORTABLE = {
+    "onelora": {},
+    "onelora_random": {},
+    "lora": {"rank": 2, "alpha": 3.0},
+    "dora": {"rank": 2},
+    "vera": {"rank": 2},
+    "mora1": {},
+    "bitfit": {},
+    "onelora_bias": {},
+    "lora_bias": {},
+}
+
+
+@pytest.mark.parametrize("method", list(EXPORTABLE))
+def test_export_loads_in_peft_with_equal_outputs(method, tmp_path):
+    """Oracle: peft.PeftModel.from_pretrained on the untouched base model."""
+    base, model = trained(method, **EXPORTABLE[method])
+    with torch.no_grad():
+        ours = model(X)
+    assert not torch.allclose(ours, base(X), **TOL)  # the adapter changes something
+    save_peft(model, tmp_path, format="peft")
+    theirs_model = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs_model(X), ours, **TOL)
+
+
+def test_export_onelora_is_lora_rank1_with_ones():
+    """The exported 1LoRA is a plain LoRA r=1: A = 1ᵀ, B = b, alpha = r = 1 (what vLLM/diffusers serve)."""
+    from onelora.peft.hf_format import to_peft
+
+    _, model = trained("onelora")
+    config, tensors = to_peft(model)
+    assert (type(config).__name__, config.r, config.lora_alpha) == ("LoraConfig", 1, 1)
+    assert sorted(config.target_modules) == ["down", "up"]
+    up = model.blocks[0]["up"]
+    assert torch.equal(tensors["base_model.model.blocks.0.up.lora_A.weight"], torch.ones(1, 10))
+    assert torch.equal(tensors["base_model.model.blocks.0.up.lora_B.weight"][:, 0], up.adapter.b.detach())
+
+
+def test_export_head_goes_to_modules_to_save_with_one_warning(tmp_path):
+    base, model = trained("onelora", head=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_peft(model, tmp_path / "a", format="peft")
+        save_peft(model, tmp_path / "b", format="peft")
+    assert sum("vLLM" in str(w.message) for w in caught) <= 1
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["modules_to_save"] == ["classifier"]
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "a")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X), model(X), **TOL)
+
+
+@pytest.mark.parametrize(
+    "method, names", [("mora6", "MoRA type 6"), ("difffit", "γ"), ("onelora_norms", "normalisation"), ("full", "every")]
+)
+def test_export_without_peft_form_names_the_alternative(method, names, tmp_path):
+    _, model = trained(method)
+    with pytest.raises(PeftError, match=names) as err:
+        save_peft(model, tmp_path, format="peft")
+    assert "save_pretrained" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "adapter_config.json").exists()
+
+
+# ------------------------------------------------------------------------------------- import
+IMPORTABLE = {
+    "lora": (LoraConfig(r=2, lora_alpha=5, target_modules=["up", "down"]), "lora"),
+    "rslora": (LoraConfig(r=2, lora_alpha=5, use_rslora=True, target_modules=["up", "down"]), "lora"),
+    "dora": (LoraConfig(r=2, use_dora=True, target_modules=["up", "down"]), "dora"),
+    "vera": (VeraConfig(r=2, projection_prng_key=5, target_modules=["up", "down"]), "vera"),
+    "miss_r1": (MissConfig(r=1, target_modules=["up", "down"]), "onelora"),
+    "lora_head": (LoraConfig(r=1, target_modules=["up"], modules_to_save=["classifier"]), "lora"),
+}
+
+
+def peft_saved(name: str, path) -> tuple[Net, torch.Tensor]:
+    base = base_net()
+    model = get_peft_model(copy.deepcopy(base), copy.deepcopy(IMPORTABLE[name][0]))
+    perturb(model, seed=2)
+    model.eval()
+    with torch.no_grad():
+        out = model(X)
+    model.save_pretrained(str(path))
+    return base, out
+
+
+@pytest.mark.parametrize("name", list(IMPORTABLE))
+def test_import_from_peft_gives_peft_outputs(name, tmp_path):
+    """Oracle: the peft model that saved the folder."""
+    base, theirs = peft_saved(name, tmp_path)
+    model = load_peft(copy.deepcopy(base), tmp_path)
+    assert model.peft_config["method"] == IMPORTABLE[name][1]
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), theirs, **TOL)
+
+
+@pytest.mark.parametrize("method", ["onelora", "onelora_bias", "bitfit", "lora", "vera"])
+def test_round_trip_through_peft_format_keeps_method_and_outputs(method, tmp_path):
+    base, model = trained(method, **EXPORTABLE[method])
+    save_peft(model, tmp_path, format="peft")
+    back = load_peft(copy.deepcopy(base), tmp_path)
+    assert back.peft_config["method"] == method
+    with torch.no_grad():
+        torch.testing.assert_close(back(X), model(X), **TOL)
+
+
+def test_import_of_unsupported_type_names_the_supported(tmp_path):
+    model = get_peft_model(base_net(), IA3Config(target_modules=["up", "down"], feedforward_modules=["down"]))
+    model.save_pretrained(str(tmp_path))
+    with pytest.raises(PeftError, match="peft type 'IA3'.*LORA.*VERA.*MISS") as err:
+        load_peft(base_net(), tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_import_of_miss_r2_is_refused(tmp_path):
+    get_peft_model(base_net(), MissConfig(r=2, target_modules=["up"])).save_pretrained(str(tmp_path))
+    with pytest.raises(PeftError, match="r=2.*only r=1"):
+        load_peft(base_net(), tmp_path)
+
+
+def test_import_shape_mismatch_names_the_key(tmp_path):
+    peft_saved("lora", tmp_path)
+    other = Net(k=12)
+    with pytest.raises(PeftError, match=r"blocks\.\d\.(up|down)\.adapter\.lora_[AB]' is \("):
+        load_peft(other, tmp_path)
+
+
+def test_import_of_adapter_on_unsupported_layers_names_them(tmp_path):
+    class WithEmbedding(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(5, 10)
+
+    torch.manual_seed(0)
+    get_peft_model(WithEmbedding(), LoraConfig(r=1, target_modules=["embed"])).save_pretrained(str(tmp_path))
+    torch.manual_seed(0)
+    with pytest.raises(PeftError, match="'embed', a Embedding; load_peft reads adapters of nn.Linear"):
+        load_peft(WithEmbedding(), tmp_path)
+
+
+# --------------------------------------------------------------------------------- strictness
+def saved_onelora(path, blocks: int = 2, method: str = "onelora") -> Net:
+    model = apply_peft(base_net(blocks), method)
+    perturb(model)
+    save_peft(model, path)
+    return model
+
+
+def test_strict_missing_tensors(tmp_path):
+    saved_onelora(tmp_path)
+    weights = tmp_path / "peft_weights.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k: v for i, (k, v) in enumerate(sorted(tensors.items())) if i % 2}, str(weights))
+    with pytest.raises(PeftError, match=r"peft_weights\.safetensors: 2 of the 4 tensors .* are missing"):
+        load_peft(base_net(), tmp_path)
+
+
+def test_strict_adapter_from_smaller_model_into_bigger(tmp_path):
+    saved_onelora(tmp_path, blocks=2)
+    with pytest.raises(PeftError, match="4 of the 8 tensors.*missing.*smaller model"):
+        load_peft(base_net(blocks=4), tmp_path)
+
+
+def test_strict_adapter_from_bigger_model_into_smaller(tmp_path):
+    saved_onelora(tmp_path, blocks=4)
+    with pytest.raises(PeftError, match="4 tensors fit no adapter of this model.*bigger model"):
+        load_peft(base_net(blocks=2), tmp_path)
+
+
+def test_strict_peft_adapter_from_smaller_model(tmp_path):
+    peft_saved("lora", tmp_path)
+    with pytest.raises(PeftError, match="select 8 layers of this model but it holds tensors for 4"):
+        load_peft(base_net(blocks=4), tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["onelora", "peft"])
+def test_strict_nan(fmt, tmp_path):
+    model = saved_onelora(tmp_path / "x")
+    save_peft(model, tmp_path, format=fmt)
+    weights = next(tmp_path.glob("*.safetensors"))
+    tensors = load_file(str(weights))
+    key = sorted(tensors)[0]
+    tensors[key][0] = float("nan")
+    save_file(tensors, str(weights))
+    with pytest.raises(PeftError, match=f"{weights.name}: tensor '{key}' holds NaN"):
+        load_peft(base_net(), tmp_path)
+
+
+@pytest.mark.parametrize("fmt", ["onelora", "peft"])
+@pytest.mark.parametrize("damaged", ["weights", "config"])
+def test_strict_truncated_files(fmt, damaged, tmp_path):
+    model = saved_onelora(tmp_path / "x")
+    save_peft(model, tmp_path, format=fmt)
+    path = next(tmp_path.glob("*.safetensors" if damaged == "weights" else "*.json"))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PeftError, match=f"{path.name} is not (a )?readable") as err:
+        load_peft(base_net(), tmp_path)
+    assert "\n" not in str(err.value)
