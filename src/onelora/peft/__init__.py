@@ -16,10 +16,12 @@ from .api import (
     ParameterCount,
     apply_peft,
     count_parameters,
+    disable_peft,
     find_targets,
     merge_peft,
+    validate_peft,
 )
-from .layer import AdaptedLinear, Adapter
+from .layer import AdaptedLayer, AdaptedLinear, Adapter
 from .registry import EXTRAS, METHODS, Method, PeftError, available_methods, register, resolve_method
 from .serialization import load_peft, peft_state_dict, save_peft
 
@@ -31,6 +33,7 @@ __all__ = [
     "DEFAULT_HEADS",
     "EXTRAS",
     "METHODS",
+    "AdaptedLayer",
     "AdaptedLinear",
     "Adapter",
     "Method",
@@ -39,6 +42,7 @@ __all__ = [
     "apply_peft",
     "available_methods",
     "count_parameters",
+    "disable_peft",
     "find_targets",
     "load_peft",
     "merge_peft",
@@ -46,4 +50,5 @@ __all__ = [
     "register",
     "resolve_method",
     "save_peft",
+    "validate_peft",
 ]

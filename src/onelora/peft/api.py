@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .layer import AdaptedLinear
-from .registry import PeftError, resolve_method
+from .layer import AdaptedLayer, AdaptedQuantized, describe, layer_kind, wrapper_class
+from .registry import Method, PeftError, resolve_method
 
 # Task heads left to the task by default (never adapted): transformers' classifier and
 # LM head, timm's `head`, sequence-classification `score`.
@@ -19,6 +21,11 @@ DEFAULT_HEADS = ["classifier", "lm_head", "head", "score"]
 NORM_CLASS = re.compile(r"(LayerNorm|RMSNorm|GroupNorm|BatchNorm\d?d?|InstanceNorm\d?d?)$")
 
 Patterns = str | Iterable[str] | None
+LINEAR_KINDS = ("linear", "conv1d", "quantized")  # what "all-linear" and a regex select; nn.Conv2d only by name
+SUPPORTED = (
+    "nn.Linear, transformers Conv1D, quantized nn.Linear subclasses (bitsandbytes, torchao) and, named in a "
+    "target_modules list, nn.Conv2d (onelora, lora, bitfit)"
+)
 
 
 def _as_list(p: Patterns) -> list[str] | str | None:
@@ -49,23 +56,117 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+# ---------------------------------------------------------------------------------- validation
+def _checked_patterns(what: str, p: Patterns) -> list[str] | str | None:
+    """A string must be a valid regex (or "all-linear"), a list must hold names."""
+    p = _as_list(p)
+    if isinstance(p, str) and p != "all-linear":
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise PeftError(
+                f"{what}={p!r} is not a valid regular expression ({e}); give a regex on full module names, "
+                "a list of module names, or 'all-linear'"
+            ) from None
+    elif p is not None and not all(isinstance(x, str) for x in p):
+        bad = next(x for x in p if not isinstance(x, str))
+        raise PeftError(f"{what} must be a regex string or a list of module names; {bad!r} is not a name")
+    return p
+
+
+@dataclass(frozen=True)
+class PeftPlan:
+    """A method and its options after validation: what `apply_peft` builds."""
+
+    method: Method
+    options: dict[str, Any]
+    target_modules: list[str] | str | None
+    exclude_modules: list[str]
+    head: list[str]
+    exclude_given: bool  # exclude_modules came from the caller (its names must exist), not the defaults
+
+
+def validate_peft(
+    method: str,
+    *,
+    target_modules: Patterns = None,
+    exclude_modules: Patterns = None,
+    head: Patterns = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **options: Any,
+) -> PeftPlan:
+    """Check a method, its options (against the method's schema) and the module patterns, without a model.
+
+    Takes `apply_peft`'s arguments; raises one `PeftError` line naming the value and what is allowed.
+    `run()` calls it before any weight is loaded, so a bad option costs no model load.
+    """
+    m = resolve_method(method)
+    opts = m.validate_options(options)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise PeftError(f"seed={seed!r} is not allowed; seed must be an integer")
+    default_targets = m.defaults.get("target_modules")  # e.g. lora_qkv's
+    targets = _checked_patterns("target_modules", default_targets if target_modules is None else target_modules)
+    exclude = _checked_patterns("exclude_modules", DEFAULT_HEADS if exclude_modules is None else exclude_modules)
+    heads = _checked_patterns("head", [head] if isinstance(head, str) else head) or []
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    return PeftPlan(m, opts, targets, exclude, list(heads), exclude_modules is not None)
+
+
+def _check_names_exist(model: nn.Module, what: str, names: list[str]) -> None:
+    """Every name given in a list must match a module (full name or its last parts): a typo is an error."""
+    modules = [n for n, _ in model.named_modules() if n]
+    for p in names:
+        if not any(_match(n, [p]) for n in modules):
+            close = difflib.get_close_matches(p, sorted({n.rsplit(".", 1)[-1] for n in modules} | set(modules)), 3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; names match a module's name or its last parts"
+            if what == "target_modules":
+                layers = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if layer_kind(m)})
+                hint = f"; its adaptable layers are named: {', '.join(layers) or 'none'}"
+            raise PeftError(f"{what} {p!r} matches no module of {type(model).__name__}{hint}")
+
+
+# --------------------------------------------------------------------------------- applying
 def find_targets(model: nn.Module, target_modules: Patterns, exclude: Patterns) -> list[str]:
+    """The modules to adapt: every linear-like layer ("all-linear"), those a regex matches, or those named in a
+    list (nn.Conv2d only so). A listed module of a type no method can adapt is refused, never skipped."""
     targets, exclude = _as_list(target_modules) or "all-linear", _as_list(exclude)
-    names = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Linear)
-        and not isinstance(m, AdaptedLinear)
-        and _match(n, targets)
-        and not _under(n, exclude)
-    ]
-    if not names:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    names, unsupported = [], []
+    for n, mod in model.named_modules():
+        if not n or _under(n, exclude) or not _match(n, targets):
+            continue
+        kind = layer_kind(mod)
+        if kind in LINEAR_KINDS or (kind == "conv2d" and isinstance(targets, list)):
+            names.append(n)
+        elif isinstance(targets, list) and not isinstance(mod, AdaptedLayer):
+            unsupported.append(f"{n} ({type(mod).__name__})")
+    if unsupported:
         raise PeftError(
-            f"target_modules={targets!r} matched no nn.Linear of {type(model).__name__} outside the excluded "
+            f"target_modules={targets!r} names layers no method can adapt: {', '.join(unsupported[:5])}; "
+            f"supported: {SUPPORTED}"
+        )
+    if not names:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if layer_kind(m) in LINEAR_KINDS})
+        raise PeftError(
+            f"target_modules={targets!r} matched no linear layer of {type(model).__name__} outside the excluded "
             f"{exclude!r}; its linear layers are named: {', '.join(linear) or 'none'}"
         )
     return names
+
+
+def _check_support(m: Method, names: list[str], kinds: list[str], layers: list[nn.Module]) -> None:
+    """Refuse up front a layer the method cannot adapt (never wrap it and crash later)."""
+    for name, kind, layer in zip(names, kinds, layers):
+        what = f"peft method {m.name!r} cannot adapt {name} ({type(layer).__name__})"
+        if kind == "quantized" and m.adapter is not None and m.adapter.uses_weight:
+            raise PeftError(
+                f"{what}: it needs the layer's float weight; on quantized layers use onelora, lora, vera, mora1, "
+                "bitfit (or dequantize the model first)"
+            )
+        if kind == "conv2d" and ((m.adapter is not None and not m.adapter.conv2d) or "gamma" in m.extras):
+            raise PeftError(f"{what}: on nn.Conv2d only onelora, lora and bitfit are implemented")
+        if kind == "conv2d" and m.adapter is not None and m.adapter.__name__ == "LoRA" and layer.groups != 1:
+            raise PeftError(f"{what}: LoRA on a grouped convolution (groups={layer.groups}) is not implemented")
 
 
 def apply_peft(
@@ -81,66 +182,69 @@ def apply_peft(
 ) -> nn.Module:
     """Put `method` (any name of the `peft` config group) on `model`, in place; returns it.
 
-    target_modules: "all-linear" (default), a regex on full module names, or a list of
-        names / name suffixes (`["q_proj", "v_proj"]`), as in HF peft.
+    target_modules: "all-linear" (default: nn.Linear, transformers Conv1D, quantized linears), a regex on
+        full module names, or a list of names / name suffixes (`["q_proj", "v_proj"]`), as in HF peft;
+        nn.Conv2d layers are adapted when named in a list. Every listed name must match a module.
     exclude_modules: never adapted; default `DEFAULT_HEADS` (the task head is left to the task).
     head: the task head's module names: excluded from adaptation and trained by every method.
     seed: seeds the random parts (LoRA's A, VeRA's projections, 1LoRA-random's v).
     dtype: storage dtype of the trainable parameters the method creates (fp32 by default).
-    options: the method's own (rank, alpha, dropout, rank_rule, d_initial, ...).
+    options: the method's own (rank, alpha, dropout, rank_rule, d_initial, ...), checked by `validate_peft`.
     """
-    m = resolve_method(method)
+    plan = validate_peft(
+        method, target_modules=target_modules, exclude_modules=exclude_modules, head=head, seed=seed, **options
+    )
+    m, opts, heads = plan.method, plan.options, plan.head
     if getattr(model, "peft_config", None):
         raise PeftError(f"model already has peft method {model.peft_config['method']!r}; apply_peft once per model")
-    allowed = m.option_names() - {"dtype"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise PeftError(
-            f"peft method {m.name!r} takes no option {', '.join(sorted(unknown))}; "
-            f"valid: {', '.join(sorted(allowed)) or 'none'}"
-        )
-    defaults = dict(m.defaults)
-    default_targets = defaults.pop("target_modules", None)  # e.g. lora_qkv's
-    target_modules = default_targets if target_modules is None else target_modules
-    opts = {**defaults, **options}
-    exclude = list(DEFAULT_HEADS if exclude_modules is None else _as_list(exclude_modules) or [])
-    heads = _as_list(head) or []
-    heads = [heads] if isinstance(heads, str) else heads
+    _check_names_exist(model, "head", heads)
+    if plan.exclude_given:
+        _check_names_exist(model, "exclude_modules", [n for n in plan.exclude_modules if n not in DEFAULT_HEADS])
+    if isinstance(plan.target_modules, list):
+        _check_names_exist(model, "target_modules", plan.target_modules)
+    if m.full and any(not p.dtype.is_floating_point for p in model.parameters()):
+        raise PeftError(f"peft method {m.name!r} cannot train a quantized model's integer weights; use an adapter")
 
     for p in model.parameters():
         p.requires_grad_(m.full)
     adapted = 0
-    if not m.full and (m.adapter is not None or {"bias", "gamma"} & set(m.extras)):
-        names = find_targets(model, target_modules, exclude + heads)
+    if hasattr(m.adapter, "inject"):  # HF peft's tuners (peft=hf_*): peft builds its own layers
+        names = find_targets(model, plan.target_modules, plan.exclude_modules + heads)
+        adapted = m.adapter.inject(model, names, seed=seed, dtype=dtype, **opts)
+    elif not m.full and (m.adapter is not None or {"bias", "gamma"} & set(m.extras)):
+        names = find_targets(model, plan.target_modules, plan.exclude_modules + heads)
         layers = [model.get_submodule(n) for n in names]
-        for i, layer in enumerate(layers):
-            layer._peft_index = i
+        kinds = [layer_kind(layer) for layer in layers]
+        _check_support(m, names, kinds, layers)
+        specs = [describe(layer, i) for i, layer in enumerate(layers)]
         adapter_kwargs = dict(opts)
         if m.adapter is not None and "seed" in m.option_names():
             adapter_kwargs["seed"] = seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            shared = m.adapter.shared(layers, **adapter_kwargs) if hasattr(m.adapter, "shared") else None
-            for name, layer in zip(names, layers):
+            shared = m.adapter.shared(specs, **adapter_kwargs) if hasattr(m.adapter, "shared") else None
+            for name, layer, kind, spec in zip(names, layers, kinds, specs):
                 kwargs = dict(adapter_kwargs, shared=shared) if shared is not None else adapter_kwargs
-                adapter = m.adapter(layer, dtype=dtype, **kwargs) if m.adapter is not None else None
-                new = AdaptedLinear(layer, adapter, "bias" in m.extras, "gamma" in m.extras, dtype)
+                adapter = m.adapter(spec, dtype=dtype, **kwargs) if m.adapter is not None else None
+                new = wrapper_class(kind)(layer, adapter, "bias" in m.extras, "gamma" in m.extras, dtype)
                 _set_module(model, name, new)
-                del layer._peft_index
         adapted = len(names)
     if "norms" in m.extras:
+        frozen = {}
         for name, mod in model.named_modules():
             if _is_norm(mod) and not _under(name, heads):
-                for p in mod.parameters(recurse=False):
+                for pname, p in mod.named_parameters(recurse=False):
                     p.requires_grad_(True)
+                    frozen[f"{name}.{pname}" if name else pname] = p.detach().clone()
+        model._peft_frozen_norms = frozen  # for disable_peft: norms train in place
     for name, mod in model.named_modules():
         if heads and _match(name, heads):
             mod.requires_grad_(True)
     model.peft_config = {
         "method": m.name,
         "options": opts,
-        "target_modules": _as_list(target_modules),
-        "exclude_modules": exclude,
+        "target_modules": plan.target_modules,
+        "exclude_modules": plan.exclude_modules,
         "head": heads,
         "seed": seed,
         "dtype": str(dtype).removeprefix("torch."),
@@ -149,14 +253,54 @@ def apply_peft(
     return model
 
 
-def merge_peft(model: nn.Module) -> nn.Module:
-    """Fold every adapter into plain `nn.Linear` layers (same outputs, no overhead); returns the model."""
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, AdaptedLinear):
-            _set_module(model, name, mod.merged())
-    if hasattr(model, "peft_config"):
-        del model.peft_config
+def merge_peft(model: nn.Module, dequantize: bool = False) -> nn.Module:
+    """Fold every adapter into plain layers (same outputs, no overhead); returns the model.
+
+    A quantized base layer has no float weight to fold into: refused, unless `dequantize=True`, which
+    replaces it by a plain nn.Linear holding the dequantized weight plus the update (more memory).
+    """
+    adapted = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, AdaptedLayer)]
+    quantized = [n for n, mod in adapted if isinstance(mod, AdaptedQuantized)]
+    if quantized and not dequantize:
+        layer = model.get_submodule(quantized[0]).base_layer
+        raise PeftError(
+            f"cannot merge into quantized layers ({quantized[0]}: {type(layer).__name__}, {len(quantized)} in all); "
+            "keep the adapters unmerged, or merge_peft(model, dequantize=True) for plain (larger) float layers"
+        )
+    for name, mod in adapted:
+        _set_module(model, name, mod.merged(dequantize=dequantize))
+    for attr in ("peft_config", "_peft_frozen_norms"):
+        if hasattr(model, attr):
+            delattr(model, attr)
     return model
+
+
+@contextmanager
+def disable_peft(model: nn.Module) -> Iterator[nn.Module]:
+    """`with disable_peft(model):` the frozen base model runs alone, exactly, without a copy: adapters,
+    trained biases and γ are bypassed and trained norms swapped back to their initial values. Everything
+    is switched back on at exit, also after an exception. The task head (trained by every method) stays."""
+    cfg = getattr(model, "peft_config", None)
+    if not cfg:
+        raise PeftError("model has no peft method applied; nothing to disable")
+    if resolve_method(cfg["method"]).full:
+        raise PeftError("full fine-tuning changed the weights in place; there is no adapter to switch off")
+    layers = [m for m in model.modules() if isinstance(m, AdaptedLayer)]
+    params = dict(model.named_parameters())
+    swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
+    try:
+        for layer in layers:
+            layer.peft_enabled = False
+        for name, initial in getattr(model, "_peft_frozen_norms", {}).items():
+            p = params[name]
+            swapped.append((p, p.data))
+            p.data = initial.to(p.device, p.dtype)
+        yield model
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("peft_enabled", None)
+        for p, data in swapped:
+            p.data = data
 
 
 @dataclass
@@ -179,15 +323,17 @@ class ParameterCount:
         return {**asdict(self), "peft": self.peft, "head": self.head}
 
 
-def _owner_groups(model: nn.Module, heads: list[str]) -> dict[str, str]:
-    """Map each parameter name to its group: adapter, bias, gamma, norms, head or weights."""
-    groups: dict[str, str] = {}
-    for mname, mod in model.named_modules():
-        for pname, _ in mod.named_parameters(recurse=False):
-            full = f"{mname}.{pname}" if mname else pname
+def _owner_groups(model: nn.Module, heads: list[str]) -> dict[int, str]:
+    """Map each parameter (by identity) to its group: adapter, bias, gamma, norms, head or weights.
+
+    A parameter shared by the head and the body (tied embeddings: lm_head.weight is embed_tokens.weight)
+    belongs to the head; otherwise the first module that holds it decides."""
+    groups: dict[int, str] = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for pname, p in mod.named_parameters(recurse=False):
             if heads and _under(mname, heads):
                 g = "head"
-            elif isinstance(mod, AdaptedLinear) and pname in ("bias", "gamma"):
+            elif isinstance(mod, AdaptedLayer) and pname in ("bias", "gamma"):
                 g = pname
             elif "adapter" in mname.split("."):
                 g = "adapter"
@@ -197,7 +343,8 @@ def _owner_groups(model: nn.Module, heads: list[str]) -> dict[str, str]:
                 g = "bias"
             else:
                 g = "weights"
-            groups.setdefault(full, g)
+            if g == "head" or id(p) not in groups:
+                groups[id(p)] = g
     return groups
 
 
@@ -207,13 +354,13 @@ def count_parameters(model: nn.Module) -> ParameterCount:
     owner = _owner_groups(model, cfg.get("head", []))
     trainable = total = 0
     groups: dict[str, int] = {}
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
-            g = owner.get(name, "weights")
+            g = owner.get(id(p), "weights")
             groups[g] = groups.get(g, 0) + p.numel()
-    adapted = sum(isinstance(m, AdaptedLinear) for m in model.modules())
+    adapted = sum(isinstance(m, AdaptedLayer) for m in model.modules())
     return ParameterCount(trainable, total, adapted, groups)
 
 
@@ -225,9 +372,11 @@ __all__ = [
     "ParameterCount",
     "apply_peft",
     "count_parameters",
+    "disable_peft",
     "find_targets",
     "load_peft",
     "merge_peft",
     "peft_state_dict",
     "save_peft",
+    "validate_peft",
 ]

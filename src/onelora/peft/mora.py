@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layer import Adapter
-from .registry import PeftError, register
+from .layer import Adapter, BaseLayer
+from .registry import DROPOUT, Option, PeftError, register
 
 
 def mora_rank(in_features: int, out_features: int, rank: int, mora_type: int, rank_rule: str) -> int:
@@ -52,9 +52,22 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 class MoRA(Adapter):
+    schema = {
+        "mora_type": Option(int, "1 or 6", lambda v: v in (1, 6)),
+        "rank": Option(int),  # used by rank_rule=official only
+        "rank_rule": Option(str, "'paper' or 'official'", lambda v: v in ("paper", "official")),
+        "dropout": DROPOUT,
+    }
+
+    @staticmethod
+    def check_options(opts: dict) -> str | None:
+        if opts.get("rank_rule") == "official" and opts.get("rank", 1) < 1:
+            return f"rank={opts['rank']!r} with rank_rule=official is not allowed; that rule needs rank >= 1"
+        return None
+
     def __init__(
         self,
-        layer: nn.Linear,
+        layer: BaseLayer,
         mora_type: int = 1,
         rank: int = 1,
         rank_rule: str = "paper",
@@ -62,14 +75,12 @@ class MoRA(Adapter):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if mora_type not in (1, 6):
-            raise PeftError(f"MoRA type must be 1 or 6, got {mora_type}")
         self.mora_type = mora_type
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.r = mora_rank(layer.in_features, layer.out_features, rank, mora_type, rank_rule)
         self.pad = (-self.in_features) % self.r
         self.n_chunks = (self.in_features + self.pad) // self.r
-        dev = layer.weight.device
+        dev = layer.device
         self.M = nn.Parameter(torch.zeros(self.r, self.r, device=dev, dtype=dtype))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if mora_type == 6:
@@ -99,8 +110,7 @@ class MoRA(Adapter):
         y = F.linear(rotated, self.M)
         return self._decompress(y.flatten(-2))
 
-    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        y = F.linear(x, weight, bias)
+    def add_to_output(self, x: Tensor, y: Tensor) -> Tensor:
         return y + self.delta(x).to(y.dtype)
 
     def delta_weight(self, weight: Tensor) -> Tensor:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layer import Adapter
-from .registry import register
+from .layer import Adapter, BaseLayer, Conv
+from .registry import Option, register
 
 
 def onelora_reference(x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -> Tensor:
@@ -105,37 +105,49 @@ def onelora_forward(x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor) -
 
 
 class OneLoRA(Adapter):
-    def __init__(self, layer: nn.Linear, dtype: torch.dtype = torch.float32) -> None:
+    conv2d = True
+
+    def __init__(self, layer: BaseLayer, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.b = nn.Parameter(torch.zeros(layer.out_features, device=layer.weight.device, dtype=dtype))
+        self.b = nn.Parameter(torch.zeros(layer.out_features, device=layer.device, dtype=dtype))
+        self.kernel_size, self.groups = layer.kernel_size, layer.groups
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return onelora_forward(x, weight, bias, self.b)
 
+    def add_to_output(self, x: Tensor, y: Tensor) -> Tensor:
+        """Any base (a quantized one): y + b (1ᵀx) in b's dtype, rounded once; autograd keeps s = 1ᵀx."""
+        return torch.addcmul(y, x.sum(-1, keepdim=True, dtype=self.b.dtype), self.b).to(y.dtype)
+
+    def add_to_conv_output(self, x: Tensor, y: Tensor, conv: Conv) -> Tensor:
+        """ΔW = b 1ᵀ over in_channels × kh × kw: b times the input summed over its channels (per group) and
+        the kernel window, s = conv(Σ_c x, 1). Autograd keeps s and Σ_c x: one value per pixel, not per channel."""
+        summed = x.unflatten(-3, (self.groups, -1)).sum(-3, dtype=self.b.dtype)  # (..., groups, H, W)
+        s = conv(summed, torch.ones(self.groups, 1, *self.kernel_size, device=x.device, dtype=self.b.dtype))
+        if self.groups > 1:  # output channel o belongs to group o // (out / groups)
+            s = s.repeat_interleave(self.b.shape[0] // self.groups, dim=-3)
+        return torch.addcmul(y, s, self.b[:, None, None]).to(y.dtype)
+
     def delta_weight(self, weight: Tensor) -> Tensor:
-        return self.b.float()[:, None].expand(-1, weight.shape[1])
+        return self.b.float().view(-1, *[1] * (weight.dim() - 1)).expand(weight.shape)
 
 
 class OneLoRARandom(Adapter):
-    def __init__(self, layer: nn.Linear, seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed + _layer_counter(layer))
-        self.b = nn.Parameter(torch.zeros(layer.out_features, device=layer.weight.device, dtype=dtype))
-        v = torch.randn(layer.in_features, generator=g, dtype=dtype)
-        self.register_buffer("v", v.to(layer.weight.device))
+    schema = {"seed": Option(int)}
 
-    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        y = F.linear(x, weight, bias)
+    def __init__(self, layer: BaseLayer, seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed + layer.index)  # each layer's v differs
+        self.b = nn.Parameter(torch.zeros(layer.out_features, device=layer.device, dtype=dtype))
+        v = torch.randn(layer.in_features, generator=g, dtype=dtype)
+        self.register_buffer("v", v.to(layer.device))
+
+    def add_to_output(self, x: Tensor, y: Tensor) -> Tensor:
         s = (x.to(self.v.dtype) @ self.v).unsqueeze(-1)
         return y + (s * self.b).to(y.dtype)
 
     def delta_weight(self, weight: Tensor) -> Tensor:
         return self.b.float()[:, None] * self.v.float()[None, :]
-
-
-def _layer_counter(layer: nn.Linear) -> int:
-    """The layer's index among adapted layers (set by `apply_peft`), so each v differs."""
-    return int(getattr(layer, "_peft_index", 0))
 
 
 register("onelora", OneLoRA, doc="1LoRA: W0 x + b (1ᵀx), d per layer")

@@ -13,6 +13,8 @@ the package, so adding a method is one module plus one config file.
 from __future__ import annotations
 
 import inspect
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,32 @@ from torch import nn
 from ..errors import PeftError  # noqa: F401  (re-exported: onelora.peft.PeftError)
 
 EXTRAS = ("bias", "gamma", "norms")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: its type and the values allowed, checked before anything is built."""
+
+    kind: type  # int, float or str
+    allowed: str = ""  # the rule in words, for the error line ("an integer >= 1", "in [0, 1)")
+    check: Callable[[Any], bool] | None = None
+
+    def validate(self, method: str, name: str, value: Any) -> Any:
+        ok = isinstance(value, self.kind) and not isinstance(value, bool)
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        ok = ok and (self.kind is not float or math.isfinite(value)) and (self.check is None or self.check(value))
+        if not ok:
+            rule = self.allowed or {int: "an integer", float: "a number", str: "a string"}[self.kind]
+            raise PeftError(f"peft method {method!r}: option {name}={value!r} is not allowed; {name} must be {rule}")
+        return value
+
+
+def rank_option(minimum: int = 1) -> Option:
+    return Option(int, f"an integer >= {minimum}", lambda v: v >= minimum)
+
+
+DROPOUT = Option(float, "a probability in [0, 1)", lambda v: 0 <= v < 1)
 
 
 @dataclass(frozen=True)
@@ -39,8 +67,28 @@ class Method:
         params = inspect.signature(self.adapter.__init__).parameters
         return {n for n in params if n not in ("self", "layer", "shared")}
 
+    def validate_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The method's defaults updated with `options`, each checked against the adapter's `schema`
+        (a dict name -> Option) and its `check_options(opts)` rule across options; one PeftError line else."""
+        allowed = self.option_names() - {"dtype"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise PeftError(
+                f"peft method {self.name!r} takes no option {', '.join(sorted(unknown))}; "
+                f"valid: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        defaults = {k: v for k, v in self.defaults.items() if k != "target_modules"}
+        opts = {**defaults, **options}
+        schema: dict[str, Option] = getattr(self.adapter, "schema", {}) or {}
+        opts = {k: schema[k].validate(self.name, k, v) if k in schema else v for k, v in opts.items()}
+        problem = self.adapter.check_options(opts) if hasattr(self.adapter, "check_options") else None
+        if problem:
+            raise PeftError(f"peft method {self.name!r}: {problem}")
+        return opts
+
 
 METHODS: dict[str, Method] = {}
+FAMILIES: dict[str, Method] = {}  # name prefix -> the method every `<prefix><name>` resolves to
 
 
 def register(
@@ -57,10 +105,18 @@ def register(
     METHODS[name] = Method(name, adapter, tuple(extras), dict(defaults), full, doc)
 
 
+def register_family(prefix: str, adapter: type[nn.Module], doc: str = "") -> None:
+    """Register every name `<prefix><name>` as one method family (the `hf_*` peers: one module, many configs)."""
+    FAMILIES[prefix] = Method(f"{prefix}<name>", adapter, doc=doc)
+
+
 def resolve_method(name: str) -> Method:
     """Return the registered method, or compose `<adapter>_<extra>...` from the registry."""
     if name in METHODS:
         return METHODS[name]
+    for prefix, family in FAMILIES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return Method(name, family.adapter, doc=family.doc)
     parts = name.split("_")
     for cut in range(len(parts) - 1, 0, -1):
         head, tail = "_".join(parts[:cut]), parts[cut:]

@@ -7,7 +7,9 @@
     ΔW = diag(λ_b) B_s diag(λ_d) A_s;           trainable per layer: d + r
 
 Identical to HF peft's `VeraConfig(r=rank, projection_prng_key=seed)`. A and B are
-non-persistent buffers: they are re-drawn from the seed on load, never saved.
+non-persistent buffers: they are re-drawn from the seed on load, never saved. As in peft,
+they hold the fp32 draw rounded to the base model's dtype (a bf16 model: bf16 values,
+stored in the adapter's dtype), so an adapter trained in either library fits the other.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layer import Adapter
-from .registry import register
+from .layer import Adapter, BaseLayer
+from .registry import DROPOUT, Option, rank_option, register
 
 
 def _kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> Tensor:
@@ -28,8 +30,10 @@ def _kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> Tens
 
 
 class VeRA(Adapter):
+    schema = {"rank": rank_option(), "seed": Option(int), "d_initial": Option(float), "dropout": DROPOUT}
+
     @staticmethod
-    def shared(layers: list[nn.Linear], rank: int = 1, seed: int = 0, **_: object) -> dict[str, Tensor]:
+    def shared(layers: list[BaseLayer], rank: int = 1, seed: int = 0, **_: object) -> dict[str, Tensor]:
         k_max = max(layer.in_features for layer in layers)
         d_max = max(layer.out_features for layer in layers)
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -38,7 +42,7 @@ class VeRA(Adapter):
 
     def __init__(
         self,
-        layer: nn.Linear,
+        layer: BaseLayer,
         shared: dict[str, Tensor],
         rank: int = 1,
         seed: int = 0,
@@ -47,19 +51,21 @@ class VeRA(Adapter):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        dev = layer.weight.device
-        self.register_buffer("vera_A", shared["A"][:, : layer.in_features].to(dev, dtype), persistent=False)
-        self.register_buffer("vera_B", shared["B"][: layer.out_features].to(dev, dtype), persistent=False)
+        dev = layer.device
+        a, b = shared["A"][:, : layer.in_features], shared["B"][: layer.out_features]
+        if layer.dtype.is_floating_point:  # peft keeps the projections in the base model's dtype
+            a, b = a.to(layer.dtype), b.to(layer.dtype)
+        self.register_buffer("vera_A", a.to(dev, dtype), persistent=False)
+        self.register_buffer("vera_B", b.to(dev, dtype), persistent=False)
         self.lambda_b = nn.Parameter(torch.zeros(layer.out_features, device=dev, dtype=dtype))
         self.lambda_d = nn.Parameter(torch.full((rank,), d_initial, device=dev, dtype=dtype))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        y = F.linear(x, weight, bias)
+    def add_to_output(self, x: Tensor, y: Tensor) -> Tensor:
         h = F.linear(self.dropout(x).to(self.vera_A.dtype), self.vera_A)
         up = F.linear(self.lambda_d * h, self.vera_B)
-        if up.dtype != y.dtype:
-            return y + (self.lambda_b * up).to(y.dtype)
+        if up.dtype != y.dtype:  # fp32 adapters on a bf16 model: the sum in fp32, rounded once (peft)
+            return (y + self.lambda_b * up).to(y.dtype)
         return torch.addcmul(y, self.lambda_b, up)  # the scale and the add in one pass
 
     def delta_weight(self, weight: Tensor) -> Tensor:
