@@ -19,10 +19,12 @@ from helpers import ROOT, hydra_cfg
 from PIL import Image
 
 from onelora.data.errors import DatasetFormatError
-from onelora.data.food101 import Food101DataModule, center_crop_arr, read_food101
+from onelora.data.food101 import Food101DataModule, center_crop_arr, read_food101, to_tensor
+from onelora.errors import ConfigError
 from onelora.models import build_model
 from onelora.models.dit import class_embedder, embeddings_shared, share_dit_embeddings
 from onelora.peft import AdaptedLinear
+from onelora.tasks.diffusion import ParameterEMA, classifier_free_guidance, guided_channel_count, to_uint8
 from onelora.tasks.generation import GenerationTask, RandomConvFeatures, VariationalBound
 from onelora.train import build_peft_model, dry_run, train
 
@@ -290,7 +292,73 @@ def test_generate_is_seeded(tmp_path: Path, sampler: dict) -> None:
     labels = torch.tensor([0, 1, 2])
     a = task.generate(labels, torch.Generator().manual_seed(1))
     b = task.generate(labels, torch.Generator().manual_seed(1))
-    assert a.shape == (3, 3, 16, 16) and torch.equal(a, b) and float(a.abs().max()) <= 1.0
+    assert a.shape == (3, 3, 16, 16) and torch.equal(a, b) and torch.isfinite(a).all()
+
+
+# --- DiT's sampling protocol (numbers from facebookresearch/DiT run on the same inputs) ------------------
+def test_uint8_conversion_is_dits() -> None:
+    """sample_ddp.py: clamp(127.5·x + 128, 0, 255).to(uint8) gives these; rounding would give 11 for the first."""
+    x = torch.tensor([-0.9098039269447327, -1.0, 1.0, 0.0, -1.2, 1.3, 0.99607843])
+    assert to_uint8(x).tolist() == [12, 0, 255, 128, 0, 255, 255]
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16).expand(3, 16, 16)
+    real = to_tensor(Image.fromarray(levels.permute(1, 2, 0).numpy()))  # the loader's [-1, 1] tensor
+    assert torch.equal(to_uint8(real), levels)  # real images come back to their own uint8 values
+
+
+def test_guidance_is_dits_forward_with_cfg() -> None:
+    """DiT's forward_with_cfg at scale 1.5 on a fixed model output (rows: 2 conditional, then 2 unconditional):
+    channels 0-2 guided, channel 3 and the variance channels from the conditional rows."""
+    out = (torch.arange(32, dtype=torch.float32).reshape(4, 8, 1, 1) ** 1.5 / 10).chunk(2)
+    official = [
+        [-3.200000286102295, -3.354640483856201, -3.3941125869750977, 0.5196152329444885, 0.800000011920929,
+         1.1180340051651, 1.469693899154663, 1.8520259857177734],
+        [-2.484663963317871, -2.200000762939453, -1.8853082656860352, 3.648287296295166, 4.156921863555908,
+         4.687216758728027, 5.238320350646973, 5.809474945068359],
+    ]  # fmt: skip
+    dit = classifier_free_guidance(*out, 1.5, guided_channel_count(3, 4))
+    assert torch.allclose(dit[:, :, 0, 0], torch.tensor(official), rtol=0, atol=1e-6)
+    every = classifier_free_guidance(*out, 1.5, guided_channel_count("all", 4))  # diffusers' DiTPipeline
+    cond, uncond = out
+    assert torch.equal(every[:, :4], uncond[:, :4] + 1.5 * (cond[:, :4] - uncond[:, :4]))
+    assert torch.equal(every[:, 4:], cond[:, 4:]) and torch.equal(every[:, :3], dit[:, :3])
+    assert not torch.equal(every[:, 3], dit[:, 3])
+    for bad in (0, 5, "first3", 2.5):
+        with pytest.raises(ConfigError, match="guidance_channels"):
+            guided_channel_count(bad, 4)
+
+
+def test_ema_is_dits_update_and_sampling_swaps_exactly() -> None:
+    """DiT's update_ema (decay 0 at start, then 0.9) over weights [1, -2] -> [3, 0], [-1, 4], [2, 2] and a bias
+    0.5 -> 1.5, 2.5, 3.5 gives [1.082, -0.898] and 1.061. `applied()` puts the EMA in, then restores bit for bit."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Linear(1, 1))
+    model[1].requires_grad_(False)  # frozen: not in the EMA
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -2.0]]))
+        model[0].bias.fill_(0.5)
+    ema = ParameterEMA(model, decay=0.9)
+    assert set(ema.shadow) == {"0.weight", "0.bias"}
+    for w in ([[3.0, 0.0]], [[-1.0, 4.0]], [[2.0, 2.0]]):
+        with torch.no_grad():
+            model[0].weight.copy_(torch.tensor(w))
+            model[0].bias.add_(1.0)
+        ema.update()
+    assert ema.shadow["0.weight"].tolist() == [[1.0819998979568481, -0.8979999423027039]]
+    assert ema.shadow["0.bias"].tolist() == [1.0609999895095825]
+    model.to(torch.bfloat16)
+    raw = [p.detach().clone() for p in model.parameters()]
+    with ema.applied():
+        assert torch.equal(model[0].weight, ema.shadow["0.weight"].to(torch.bfloat16))
+    assert all(torch.equal(a, b) for a, b in zip(raw, model.parameters()))
+    assert ema.shadow["0.bias"].dtype == torch.float32 and ema.shadow["0.bias"].item() == pytest.approx(1.061)
+    with pytest.raises(ConfigError, match="EMA does not hold the trained parameters"):
+        ParameterEMA(model, 0.9, state={"0.weight": torch.zeros(1, 2)})
+
+
+def test_too_few_fid_samples_are_rejected_before_training(food: Path) -> None:
+    with hydra_cfg(food, "experiment=smoke_generation", "task.module.fid.num_samples=1") as cfg:
+        with pytest.raises(ConfigError, match="fid.num_samples=1 is too small"):
+            train(cfg)
+    assert not (food / "run" / "checkpoints").exists() or not any((food / "run" / "checkpoints").iterdir())
 
 
 # --- the smoke run -------------------------------------------------------------------------------
@@ -321,22 +389,47 @@ def test_smoke_generation(food: Path) -> None:
     assert not any(k.startswith(("vae.", "fid.")) for k in ckpt["state_dict"])  # frozen VAE, FID net: not saved
 
 
-def test_smoke_with_latent_cache_and_ema(food: Path) -> None:
+def test_sanity_check_does_not_feed_the_real_statistics(food: Path) -> None:
+    """trainer.num_sanity_val_steps=2 once gave 12 real images (6 expected) and another FID: the run must equal
+    the one without a sanity check."""
+    records = []
+    for steps in (2, 0):
+        with hydra_cfg(food, "experiment=smoke_generation", f"trainer.num_sanity_val_steps={steps}",
+                       f"paths.output_dir={food / f'run_sanity{steps}'}") as cfg:  # fmt: skip
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                records.append(train(cfg)[0])
+    with_sanity, without = (r["metrics"] for r in records)
+    assert with_sanity["fid_real_images"] == without["fid_real_images"] == 6
+    assert with_sanity["fid"] == without["fid"]
+
+
+def test_smoke_with_latent_cache_and_ema(food: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = ("experiment=smoke_generation", "peft=bitfit", "data.module.cache_latents=true",
                  "task.module.ema.enabled=true",
                  "task.module.ema.decay=0.5")  # fmt: skip
+    table = "transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight"
+    sampled_from: list[bool] = []
+    generate = GenerationTask.generate
+
+    def recording_generate(self: GenerationTask, *args, **kwargs):  # which weights the evaluation samples from
+        now = dict(self.model.named_parameters())[table]
+        sampled_from.append(torch.equal(now, self.ema.shadow[table]))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationTask, "generate", recording_generate)
     with hydra_cfg(food, *overrides) as cfg:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             record, task = train(cfg)
     assert record["status"] == "ok" and math.isfinite(record["metric_best"])
+    assert sampled_from == [True]  # one batch of 8 samples, from the EMA
     assert len(list((food / "cache" / "food101_latents").glob("*.pt"))) == 1
     ckpt = torch.load(food / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     trained = {n for n, p in task.model.named_parameters() if p.requires_grad}
     assert set(ckpt["onelora_ema"]) == trained
-    ema = ckpt["onelora_ema"]["transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight"]
-    now = dict(task.model.named_parameters())["transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight"]
-    assert not torch.equal(ema, now.detach())  # an average, not the last weights
+    now = dict(task.model.named_parameters())[table]
+    assert not torch.equal(ckpt["onelora_ema"][table], now.detach())  # an average, not the last weights
     task.on_load_checkpoint(ckpt)
     task.on_fit_start()
-    assert all(torch.equal(task._ema[n].cpu(), ckpt["onelora_ema"][n]) for n in trained)
+    assert all(torch.equal(task.ema.shadow[n].cpu(), ckpt["onelora_ema"][n]) for n in trained)

@@ -12,31 +12,43 @@ draws its own drop in every block, which with the shared table would drop a labe
 
 Validation generates `fid.num_samples` class-balanced samples (labels i mod C, fixed seeds) with a diffusers
 scheduler: `sampler.name` ddpm (learned-range variance, DiT's respacing) or ddim (η = 0), `sampler.steps`, and
-classifier-free `sampler.guidance_scale` on all latent channels, as diffusers' DiTPipeline (the original DiT guides
-the first three only). The samples are decoded by the VAE and compared by torchmetrics' FID with the real test images
-of the validation loader, whose features are computed once and kept. The first `grid.size` samples (fixed classes
-and seeds) are saved as `<run dir>/samples/epoch<k>_step<s>.png` at every evaluation. An optional EMA of the trained
-parameters (`ema.decay`, off by default) is used for sampling when enabled. The VAE and the sampler run in the
-trainer's precision (bf16-mixed on GPU), FID features in fp32.
+classifier-free `sampler.guidance_scale` on the first `sampler.guidance_channels` latent channels: 3 as DiT's
+`forward_with_cfg` (the default), or `all` as diffusers' DiTPipeline. Samples come from an EMA of the trained
+parameters (`ema`, decay 0.9999, as DiT and DiffFit) when enabled. They are decoded by the VAE, converted to uint8
+as DiT (clamp(127.5·x + 128, 0, 255), truncated) and compared by torchmetrics' FID with the real test images of the
+validation loader, whose features are computed once and kept (the sanity check's batches are dropped). The first
+`grid.size` samples (fixed classes and seeds) are saved as `<run dir>/samples/epoch<k>_step<s>.png` at every
+evaluation. The VAE and the sampler run in the trainer's precision (fp32 by default, as DiT, with TF32 matmuls
+unless `tf32: false`), FID features in fp32. DiT's pieces (bound, sampler, guidance, uint8, EMA): `diffusion.py`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .base import PeftTask
+from .diffusion import (  # re-exported: configs and tests name them here
+    NOISE_SCHEDULE,
+    ParameterEMA,
+    VariationalBound,
+    classifier_free_guidance,
+    guided_channel_count,
+    sampling_scheduler,
+    to_uint8,
+)
+
+__all__ = ["GenerationTask", "RandomConvFeatures", "VariationalBound", "to_uint8"]
 
 log = logging.getLogger("onelora")
-
-NOISE_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 2e-2, "beta_schedule": "linear"}
 
 
 class RandomConvFeatures(nn.Module):
@@ -61,67 +73,6 @@ class RandomConvFeatures(nn.Module):
         return torch.tanh(self.conv(2 * x - 1)).mean(dim=(2, 3))
 
 
-def to_uint8(images: Tensor) -> Tensor:
-    """[-1, 1] images -> uint8 (what a saved PNG holds, and what DiT's FID evaluation reads)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-# --- DiT's variational-bound term (guided-diffusion, LEARNED_RANGE) --------------------------------
-def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
-
-
-def _approx_std_normal_cdf(x: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-
-def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
-    """Log-likelihood of x under a Gaussian discretised to 256 bins in [-1, 1] (DiT applies it to latents at t = 0)."""
-    centered, inv_std = x - means, torch.exp(-log_scales)
-    cdf_plus = _approx_std_normal_cdf(inv_std * (centered + 1.0 / 255.0))
-    cdf_min = _approx_std_normal_cdf(inv_std * (centered - 1.0 / 255.0))
-    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
-    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
-    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
-    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
-
-
-class VariationalBound:
-    """Per-sample bits of DiT's `vb` term for a learned-range variance; tables in float64 as guided-diffusion."""
-
-    def __init__(self, betas: Tensor) -> None:
-        b = betas.double()
-        alphas = 1.0 - b
-        ac = torch.cumprod(alphas, 0)
-        ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
-        post_var = b * (1.0 - ac_prev) / (1.0 - ac)
-        self.tables = {
-            "sqrt_recip_ac": torch.sqrt(1.0 / ac),
-            "sqrt_recipm1_ac": torch.sqrt(1.0 / ac - 1.0),
-            "post_logvar": torch.log(torch.cat([post_var[1:2], post_var[1:]])),
-            "coef1": b * torch.sqrt(ac_prev) / (1.0 - ac),
-            "coef2": (1.0 - ac_prev) * torch.sqrt(alphas) / (1.0 - ac),
-            "log_betas": torch.log(b),
-        }
-
-    def _at(self, name: str, t: Tensor) -> Tensor:
-        table = self.tables[name]
-        if table.device != t.device:
-            table = self.tables[name] = table.to(t.device)
-        return table[t].float().view(-1, 1, 1, 1)
-
-    def __call__(self, eps: Tensor, var_values: Tensor, x0: Tensor, xt: Tensor, t: Tensor) -> Tensor:
-        c1, c2 = self._at("coef1", t), self._at("coef2", t)
-        true_mean, true_logvar = c1 * x0 + c2 * xt, self._at("post_logvar", t)
-        frac = (var_values + 1.0) / 2.0
-        model_logvar = frac * self._at("log_betas", t) + (1.0 - frac) * true_logvar
-        pred_x0 = self._at("sqrt_recip_ac", t) * xt - self._at("sqrt_recipm1_ac", t) * eps
-        model_mean = c1 * pred_x0 + c2 * xt
-        kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).mean(dim=(1, 2, 3)) / math.log(2.0)
-        nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).mean(dim=(1, 2, 3))
-        return torch.where(t == 0, nll / math.log(2.0), kl)
-
-
 # --- the task --------------------------------------------------------------------------------------
 class GenerationTask(PeftTask):
     def __init__(
@@ -137,6 +88,7 @@ class GenerationTask(PeftTask):
         grid: Mapping[str, Any] | None = None,
         ema: Mapping[str, Any] | None = None,
         sample_seed: int = 0,
+        tf32: bool = True,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("metric_name", "fid")
@@ -147,7 +99,7 @@ class GenerationTask(PeftTask):
         from ..models.dit import class_embedder
 
         if loss not in ("hybrid", "mse"):
-            raise ValueError(f"task.module.loss must be hybrid or mse, got {loss!r}")
+            raise ConfigError(f"task.module.loss must be hybrid or mse, got {loss!r}")
         table = class_embedder(model)
         if table.embedding_table.num_embeddings != num_classes + 1 or table.num_classes != num_classes:
             raise ValueError(
@@ -166,7 +118,11 @@ class GenerationTask(PeftTask):
         self.noise_schedule = {**NOISE_SCHEDULE, **dict(noise_schedule or {})}
         self.noise_scheduler = DDPMScheduler(**self.noise_schedule, prediction_type="epsilon", clip_sample=False)
         self.vb = VariationalBound(self.noise_scheduler.betas)
-        self.sampler_cfg = {"name": "ddpm", "steps": 250, "guidance_scale": 1.5, **dict(sampler or {})}
+        self.sampler_cfg = {
+            "name": "ddpm", "steps": 250, "guidance_scale": 1.5, "guidance_channels": 3, **dict(sampler or {})
+        }  # fmt: skip
+        sampling_scheduler(self.sampler_cfg["name"], self.noise_schedule, self.learned_sigma)  # a bad name fails now
+        self.guided_channels = guided_channel_count(self.sampler_cfg["guidance_channels"], self.in_channels)
         self.fid_cfg = {
             "feature": 2048,
             "num_samples": 10_000,
@@ -174,15 +130,23 @@ class GenerationTask(PeftTask):
             "weights_path": None,
             **dict(fid or {}),
         }
+        for key in ("num_samples", "batch_size"):
+            if int(self.fid_cfg[key]) < (2 if key == "num_samples" else 1):  # FID needs a covariance: 2 samples
+                raise ConfigError(
+                    f"task.module.fid.{key}={self.fid_cfg[key]} is too small: FID needs at least 2 generated samples "
+                    "(a covariance) and a batch of at least 1; the paper setting is task.module.fid.num_samples=10000"
+                )
         self.grid_cfg = {"size": 16, "nrow": 8, **dict(grid or {})}
         self.ema_cfg = {"enabled": False, "decay": 0.9999, **dict(ema or {})}
         self.sample_seed = sample_seed
+        if tf32:  # DiT's train.py and sample_ddp.py: fp32 weights and activations, TF32 matmuls and convolutions
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.vae: nn.Module | None = None
         self.fid: nn.Module | None = None
         self._real_done = False  # real (test) features computed: kept across evaluations
         self._real_updated = False
-        self._ema: dict[str, Tensor] | None = None
-        self._ema_pending: dict[str, Tensor] | None = None
+        self.ema: ParameterEMA | None = None
+        self._ema_state: dict[str, Tensor] | None = None  # from a checkpoint, applied at fit start
         self._ema_step = -1
         self.grids: list[Path] = []
 
@@ -257,51 +221,38 @@ class GenerationTask(PeftTask):
 
     def on_fit_start(self) -> None:
         if self.ema_cfg["enabled"]:  # DiT: the EMA starts as a copy of the model (or the checkpoint's EMA)
-            params, source = self._trained(), self._ema_pending
-            self._ema = {
-                n: (source[n] if source is not None else p.detach()).to(p.device, torch.float32).clone()
-                for n, p in params.items()
-            }
-            self._ema_pending = None
+            self.ema = ParameterEMA(self.model, self.ema_cfg["decay"], self._ema_state)
+            self._ema_state = None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._ema is not None and self.global_step != self._ema_step:  # after each optimizer step
+        if self.ema is not None and self.global_step != self._ema_step:  # after each optimizer step, as DiT
             self._ema_step = self.global_step
-            self.ema_update()
-
-    # --- EMA of the trained parameters (frozen ones never change) --------------------------------
-    def _trained(self) -> dict[str, Tensor]:
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def ema_update(self) -> None:
-        decay = float(self.ema_cfg["decay"])
-        for n, p in self._trained().items():
-            self._ema[n].lerp_(p.detach().float(), 1.0 - decay)
-
-    def _swap_ema(self) -> None:
-        params = self._trained()
-        with torch.no_grad():
-            for n, p in params.items():
-                tmp = p.detach().clone()
-                p.copy_(self._ema[n].to(p.dtype))
-                self._ema[n].copy_(tmp.float())
+            self.ema.update()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self._ema is not None:
-            checkpoint["onelora_ema"] = {n: t.cpu() for n, t in self._ema.items()}
+        if self.ema is not None:
+            checkpoint["onelora_ema"] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self._ema, self._ema_pending = None, checkpoint.get("onelora_ema")
+        self.ema, self._ema_state = None, checkpoint.get("onelora_ema")
 
     # --- evaluation: real features once, then N generated samples per evaluation ------------------
     def validation_update(self, batch: Mapping[str, Tensor]) -> None:
-        if not self._real_done:
+        if not self._real_done:  # in the sanity check too (it tests the feature extractor), dropped after it
             self.fid_update(to_uint8(batch["image"]), real=True)
             self._real_updated = True
         return None
+
+    def drop_real_features(self) -> None:
+        """Forget the real images' statistics (those of the sanity check's batches, which are not the reference)."""
+        self.fid.reset_real_features = True
+        try:
+            self.fid.reset()
+        finally:
+            self.fid.reset_real_features = False
+        self._real_updated = False
 
     def fid_update(self, images: Tensor, real: bool) -> None:
         """uint8 images into the FID state; feature extraction in fp32 for real and generated images alike."""
@@ -309,22 +260,10 @@ class GenerationTask(PeftTask):
         with torch.autocast(images.device.type, enabled=False):
             self.fid.update(x, real=real)
 
-    def sampling_scheduler(self) -> Any:
-        from diffusers import DDIMScheduler, DDPMScheduler
-
-        name = self.sampler_cfg["name"]
-        common = {**self.noise_schedule, "prediction_type": "epsilon", "clip_sample": False}
-        if name == "ddpm":  # DiT's respacing of 250 of 1000 steps = linspace(0, 999) rounded
-            variance = "learned_range" if self.learned_sigma else "fixed_small"
-            return DDPMScheduler(**common, variance_type=variance, timestep_spacing="linspace")
-        if name == "ddim":  # η = 0; DiT's "ddimN" respacing = every 1000/N steps from 0
-            return DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="leading")
-        raise ValueError(f"task.module.sampler.name must be ddpm or ddim, got {name!r}")
-
     @torch.no_grad()
     def generate(self, labels: Tensor, generator: torch.Generator) -> Tensor:
-        """Images in [-1, 1] for `labels`, from noise drawn with `generator` (a CPU generator: device-independent)."""
-        sched = self.sampling_scheduler()
+        """Decoded images (about [-1, 1]) for `labels`, from noise drawn with `generator` (CPU: device-independent)."""
+        sched = sampling_scheduler(self.sampler_cfg["name"], self.noise_schedule, self.learned_sigma)
         sched.set_timesteps(int(self.sampler_cfg["steps"]), device=labels.device)
         scale, c = float(self.sampler_cfg["guidance_scale"]), self.in_channels
         n = labels.shape[0]
@@ -338,18 +277,17 @@ class GenerationTask(PeftTask):
                     torch.cat([xin, xin]), timestep=t.expand(2 * n), class_labels=torch.cat([labels, null])
                 )
                 cond, uncond = out.sample.float().chunk(2)
-                eps = uncond[:, :c] + scale * (cond[:, :c] - uncond[:, :c])
-                out = torch.cat([eps, cond[:, c:]], dim=1)
+                out = classifier_free_guidance(cond, uncond, scale, self.guided_channels)
             else:
                 out = self.model(xin, timestep=t.expand(n), class_labels=labels).sample.float()
             if getattr(sched.config, "variance_type", None) != "learned_range":
                 out = out[:, :c]
             x = sched.step(out, t, x, generator=generator).prev_sample
-        return self.vae.decode(x / self.scale).sample.float().clamp(-1, 1)
+        return self.vae.decode(x / self.scale).sample.float()  # to_uint8 clamps, as DiT
 
     def compute_metrics(self) -> dict[str, float]:
         if self.trainer.sanity_checking:
-            self.fid.reset()
+            self.drop_real_features()
             return {self.metric_name: float("nan")}
         if self._real_updated:
             self._real_done, self._real_updated = True, False
@@ -358,19 +296,13 @@ class GenerationTask(PeftTask):
         labels = torch.arange(rank, n_total, world, device=self.device) % self.num_classes  # class-balanced
         generator = torch.Generator().manual_seed(self.sample_seed + 1_000_003 * rank)  # fixed per evaluation
         grid: list[Tensor] = []
-        use_ema = self.ema_cfg["enabled"] and self._ema is not None
-        if use_ema:
-            self._swap_ema()
-        try:
+        with self.ema.applied() if self.ema is not None else nullcontext():  # DiT samples from the EMA
             for start in range(0, len(labels), bs):
                 with self.trainer.precision_plugin.val_step_context():
                     images = to_uint8(self.generate(labels[start : start + bs], generator))
                 self.fid_update(images, real=False)
                 if rank == 0 and sum(len(g) for g in grid) < int(self.grid_cfg["size"]):
                     grid.append(images.cpu())
-        finally:
-            if use_ema:
-                self._swap_ema()
         n_real = int(self.fid.real_features_num_samples) * world
         dim = int(self.fid.real_features_sum.numel())
         if n_real < dim:
