@@ -8,13 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 from fixtures_depth import RGB
 from fixtures_depth import write_png16 as _write_png16
 from fixtures_depth import write_rgb as _write_rgb
 from PIL import Image
 from torch.utils.data import default_collate
 
-from onelora.data.depth import IMAGENET_MEAN, IMAGENET_STD, DiodeDataset, SplitFileDepthDataset, input_hw
+from onelora.data.depth import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DepthSampleTransform,
+    DiodeDataset,
+    SplitFileDepthDataset,
+    collate_depth,
+    dataset_input_hw,
+    input_hw,
+    network_input_size,
+)
 from onelora.data.errors import DatasetFormatError
 
 
@@ -91,12 +102,41 @@ def diode(tmp_path: Path) -> Path:
 
 
 def test_input_hw_policy() -> None:
-    assert input_hw(480, 640, 518) == (518, 686)  # short side 518 = 37*14, 690.7 -> 686
-    assert input_hw(352, 1216, 518) == (518, 1792)
-    assert input_hw(48, 64, 28) == (28, 42)  # 37.3 -> 42 (round 2.67 -> 3 multiples)
-    assert input_hw(352, 1216, (384, 768)) == (392, 1330)  # 384 -> 378 < 384 -> ceil 392
-    assert input_hw(352, 1216, (384, 768), keep_aspect=False) == (392, 770)
+    """Sizes ZoeDepth's ``Resize.get_size`` (depth_anything.py, ensure_multiple_of=14) gives for the same inputs."""
+    # "minimal" (V1 / ZoeDepth, the default): each side to the nearest multiple of 14
+    assert input_hw(480, 640, (392, 518), keep_aspect=False) == (392, 518)  # NYU
+    assert input_hw(352, 1216, (384, 768), keep_aspect=False) == (378, 770)  # KITTI after the KB crop
+    assert input_hw(768, 1024, (392, 518), keep_aspect=False) == (392, 518)  # DIODE
+    assert input_hw(375, 1242, (384, 768), keep_aspect=False) == (378, 770)  # KITTI without the KB crop
+    assert input_hw(352, 1216, (384, 768)) == (378, 1330)  # one scale: the one closer to 1
+    assert input_hw(480, 640, 518) == (518, 686)
+    # "lower_bound" (V2): never below the target
+    assert input_hw(352, 1216, (384, 768), resize_method="lower_bound") == (392, 1330)
+    assert input_hw(352, 1216, (384, 768), keep_aspect=False, resize_method="lower_bound") == (392, 770)
+    assert input_hw(352, 1216, 518, resize_method="lower_bound") == (518, 1792)
+    assert input_hw(48, 64, 28, resize_method="lower_bound") == (28, 42)  # 37.3 -> 42 (round 2.67 -> 3 multiples)
     assert input_hw(48, 64, None) == (48, 64)
+    with pytest.raises(ValueError, match="resize_method"):
+        input_hw(48, 64, 28, resize_method="upper")  # type: ignore[arg-type]
+
+
+def test_image_resize_matches_zoedepth() -> None:
+    """ZoeDepth resizes inside the model, bilinearly with align_corners=True; its Resize on this image (KITTI at
+    img_size 384x768) gives 378x770, a sum of 436484.3125 and 1.1998862 at [:, 100, 200]."""
+    x = torch.rand(3, 352, 1216, generator=torch.Generator().manual_seed(0))
+    y = DepthSampleTransform(train=False, input_size=(384, 768), keep_aspect=False).resize(x)
+    assert y.shape == (3, 378, 770)
+    assert float(y.sum()) == pytest.approx(436484.3125, rel=1e-6)
+    assert float(y[:, 100, 200].sum()) == pytest.approx(1.1998862, abs=1e-6)
+
+
+def test_network_input_size_of_the_data_configs() -> None:
+    assert network_input_size({"dataset": "nyu", "input_size": [392, 518], "keep_aspect": False}) == (392, 518)
+    assert network_input_size({"dataset": "kitti", "input_size": [384, 768], "keep_aspect": False}) == (378, 770)
+    assert network_input_size({"dataset": "diode", "input_size": [392, 518], "keep_aspect": False}) == (392, 518)
+    kitti_v2 = {"dataset": "kitti", "input_size": [384, 768], "keep_aspect": False, "resize_method": "lower_bound"}
+    assert network_input_size(kitti_v2) == dataset_input_hw("kitti", (384, 768), False, 14, "lower_bound") == (392, 770)
+    assert network_input_size({"dataset": "kitti", "input_size": 518, "kb_crop": False}) == input_hw(375, 1242, 518)
 
 
 def test_nyu_eval(nyu: Path) -> None:
@@ -119,7 +159,7 @@ def test_nyu_eval(nyu: Path) -> None:
     assert batch["image"].shape == (2, 3, 28, 42) and batch["depth"].shape == (2, 48, 64)
 
 
-def test_nyu_train_flip_and_resize(nyu: Path) -> None:
+def test_nyu_train_flip_keeps_ground_truth_resolution(nyu: Path) -> None:
     torch.manual_seed(0)
     ds = SplitFileDepthDataset(
         nyu,
@@ -134,11 +174,12 @@ def test_nyu_train_flip_and_resize(nyu: Path) -> None:
     )
     s = ds[0]
     assert s["image"].shape == (3, 28, 42)
-    assert s["depth"].shape == (28, 42) and s["mask"].shape == (28, 42)  # nearest-resized to the input size
-    # flipped: 3.0 m now on the left, 1.5 m on the right; nearest resize keeps only original values
+    # the ground truth stays at its resolution (the loss upsamples the prediction to it, as ZoeDepth), flipped:
+    # 3.0 m now on the left, 1.5 m on the right, the two invalid pixels in the top right corner
+    assert s["depth"].shape == (48, 64) and s["mask"].shape == (48, 64)
     assert float(s["depth"][10, 0]) == pytest.approx(3.0) and float(s["depth"][10, -1]) == pytest.approx(1.5)
-    assert set(s["depth"].unique().tolist()) <= {0.0, 1.5, 3.0, 12.0}
-    assert torch.equal(s["mask"], (s["depth"] > 1e-3) & (s["depth"] < 10))
+    assert float(s["depth"][0, -1]) == 0.0 and float(s["depth"][0, -2]) == pytest.approx(12.0)
+    assert torch.equal(s["mask"], (s["depth"] > 1e-3) & (s["depth"] < 10)) and int(s["mask"].sum()) == 48 * 64 - 2
 
 
 def test_nyu_train_full_augmentation_stays_in_range(nyu: Path) -> None:
@@ -148,10 +189,10 @@ def test_nyu_train_full_augmentation_stays_in_range(nyu: Path) -> None:
     hi = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     for _ in range(3):
         s = ds[1]
-        # colour jitter clips to [0, 1] before normalisation; bicubic may overshoot by a hair
-        assert (s["image"].amin(dim=(1, 2)) >= lo - 0.05).all() and (s["image"].amax(dim=(1, 2)) <= hi + 0.05).all()
+        # colour jitter clips to [0, 1] before normalisation; bilinear resizing stays inside
+        assert (s["image"].amin(dim=(1, 2)) >= lo - 1e-5).all() and (s["image"].amax(dim=(1, 2)) <= hi + 1e-5).all()
         assert not torch.allclose(s["image"].mean(dim=(1, 2)), _normalised(RGB), atol=1e-3)
-        assert s["depth"].shape == (28, 42)
+        assert s["depth"].shape == (48, 64)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,6 +214,39 @@ def test_kitti_eval_kb_crop_and_none_lines(kitti: Path) -> None:
     assert int(s["mask"].sum()) == 1  # zeros are invalid
     assert float(s["depth"].sum()) == pytest.approx(120.0)  # the two pixels outside the crop are gone
     assert s["focal"] == pytest.approx(721.5377)
+
+
+def test_kitti_training_keeps_every_lidar_point(tmp_path: Path) -> None:
+    """ZoeDepth masks at the ground truth's resolution: all LiDAR points of a frame are supervised. Resizing the
+    ground truth to the input with nearest neighbour (what the suite did, at 392x770) kept 70% of them here."""
+    rng = np.random.default_rng(0)
+    depth = np.zeros((375, 1242), dtype=np.uint16)
+    rows, cols = rng.integers(120, 375, 24_000), rng.integers(0, 1242, 24_000)
+    depth[rows, cols] = (rng.uniform(1.0, 85.0, 24_000) * 256).astype(np.uint16)  # a few beyond 80 m: invalid
+    _write_png16(tmp_path / "gt" / "f.png", depth)
+    _write_rgb(tmp_path / "rgb" / "f.png", 375, 1242, "PNG")
+    (tmp_path / "split.txt").write_text("f.png f.png 721.5377\n")
+    cropped = depth[23:, 13 : 13 + 1216].astype(np.float32) / 256  # the KB crop
+    n_points = int(((cropped > 1e-3) & (cropped < 80)).sum())
+    ds = SplitFileDepthDataset(
+        tmp_path / "rgb", tmp_path / "gt", tmp_path / "split.txt", "kitti", train=True, input_size=(384, 768),
+        keep_aspect=False, rotate_degrees=0, hflip_p=1.0, color_aug_p=0.0,
+    )  # fmt: skip
+    s = ds[0]
+    assert s["image"].shape == (3, 378, 770) and s["depth"].shape == (352, 1216)
+    assert int(s["mask"].sum()) == n_points == 21_263
+    resized = TF.resize(torch.from_numpy(cropped)[None], [392, 770], interpolation=TF.InterpolationMode.NEAREST)[0]
+    assert int(((resized > 1e-3) & (resized < 80)).sum()) == 14_956  # the old pipeline's supervision: 70%
+
+
+def test_batches_need_one_ground_truth_size(nyu: Path) -> None:
+    ds = SplitFileDepthDataset(nyu, nyu, nyu / "nyu_train.txt", "nyu", input_size=28)
+    batch = collate_depth([ds[0], ds[1]])
+    assert batch["image"].shape == (2, 3, 28, 42) and batch["depth"].shape == (2, 48, 64)
+    odd = dict(ds[1], depth=torch.ones(40, 64), mask=torch.ones(40, 64, dtype=torch.bool))
+    with pytest.raises(DatasetFormatError, match="different sizes in one training batch") as exc:
+        collate_depth([ds[0], odd])
+    assert "48x64" in str(exc.value) and "40x64" in str(exc.value) and "rgb_00041.jpg" in str(exc.value)
 
 
 def test_kitti_without_kb_crop(kitti: Path) -> None:
@@ -199,7 +273,7 @@ def test_diode(diode: Path) -> None:
     ds = DiodeDataset(diode, input_size=28)
     assert len(ds) == 1  # the _depth.png visualisation is ignored
     s = ds[0]
-    assert s["image"].shape == (3, *input_hw(24, 32, 28)) == (3, 28, 42)
+    assert s["image"].shape == (3, *input_hw(24, 32, 28)) == (3, 28, 28)  # scale 0.875 (closer to 1): 21 -> 28
     assert s["depth"].shape == (24, 32) and float(s["depth"][5, 5]) == pytest.approx(30.0)
     # reference protocol: validity from the depth range only, the DIODE mask is not used
     assert int(s["mask"].sum()) == 24 * 32 - 2

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
+from torch import nn
 
 from onelora.metrics.depth import (
     DEPTH_METRIC_KEYS,
@@ -19,6 +22,7 @@ from onelora.metrics.depth import (
     kitti_eigen_crop_mask,
     prepare_prediction,
 )
+from onelora.tasks.depth import DepthTask
 from onelora.tasks.losses import silog_loss
 
 LN2 = math.log(2.0)
@@ -339,3 +343,87 @@ def test_depth_metrics_match_reference_transcription(crop: str, hw: tuple[int, i
     ]
     for key in DEPTH_METRIC_KEYS:
         assert float(out[key]) == pytest.approx((refs[0][key] + refs[1][key]) / 2, rel=1e-4), key
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 11: the official code's numbers (ZoeDepth / Depth Anything V1 metric_depth, run on these same inputs)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def two_nyu_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 480x640 NYU predictions and ground truths; the second has 5 valid pixels inside the Eigen crop.
+
+    Image 1 (693 evaluated pixels: 172 exact, 521 with gt 2.624569 and prediction 6.009726): RMSE 2.935155,
+    AbsRel 0.969673, δ1 0.248196 (172/693). Image 2 (|gt - pred| = 1.5 on 5 pixels, one within 1.25x): RMSE 1.5,
+    AbsRel 0.558333, δ1 0.2.
+    """
+    gt = torch.zeros(2, 480, 640)
+    pred = torch.full((2, 480, 640), 5.0)
+    block_gt, block_pred = torch.full((21 * 33,), 2.624569), torch.full((21 * 33,), 6.009726)
+    block_gt[:172] = block_pred[:172] = 4.0
+    gt[0, 100:121, 100:133] = block_gt.view(21, 33)
+    pred[0, 100:121, 100:133] = block_pred.view(21, 33)
+    gt[0, 10, :], pred[0, 10, :] = 3.0, 9.0  # valid depth outside the Eigen crop (rows 45:471): not evaluated
+    cols = torch.tensor([200, 210, 220, 230, 240])
+    gt[1, 300, cols] = torch.tensor([1.5, 2.0, 3.0, 4.0, 9.0])
+    pred[1, 300, cols] = torch.tensor([3.0, 3.5, 4.5, 5.5, 7.5])
+    return pred, gt
+
+
+def test_every_image_with_a_valid_pixel_counts_as_zoedepth() -> None:
+    """ZoeDepth's compute_metrics + RunningAverageDict on these two images: RMSE 2.217578, AbsRel 0.764003,
+    δ1 0.224098 (issue 11.2). V2's rule (min_valid_pixels=10, the suite's old default) drops image 2: 2.935155,
+    0.969673, 0.248196. An image without any valid pixel is skipped and counted (ZoeDepth would average a NaN)."""
+    pred, gt = two_nyu_images()
+    ours = DepthMetrics(min_depth=1e-3, max_depth=10.0, crop="eigen")  # the default: min_valid_pixels=1
+    ours.update(pred, gt)
+    out = ours.compute()
+    assert float(out["rmse"]) == pytest.approx(2.217578, abs=1e-6)
+    assert float(out["abs_rel"]) == pytest.approx(0.764003, abs=1e-6)
+    assert float(out["d1"]) == pytest.approx(0.224098, abs=1e-6)
+    assert int(ours.num_images) == 2 and int(ours.num_skipped) == 0
+    v2 = DepthMetrics(min_depth=1e-3, max_depth=10.0, crop="eigen", min_valid_pixels=10)
+    v2.update(pred, gt)
+    out = v2.compute()
+    assert [round(float(out[k]), 6) for k in ("rmse", "abs_rel", "d1")] == [2.935155, 0.969673, 0.248196]
+    assert int(v2.num_images) == 1 and int(v2.num_skipped) == 1
+    ours.update(pred[:1], torch.zeros(1, 480, 640))  # no valid pixel at all
+    assert int(ours.num_images) == 2 and int(ours.num_skipped) == 1
+    assert float(ours.compute()["rmse"]) == pytest.approx(2.217578, abs=1e-6)
+
+
+def smooth_nyu_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth 480x640 ground truth with 10% invalid pixels (0) and a smooth 392x518 prediction."""
+    v, u = torch.linspace(0, 1, 480)[:, None], torch.linspace(0, 1, 640)[None, :]
+    gt = 1.0 + 6.0 * v + 0.8 * torch.sin(3 * math.pi * u) * torch.cos(math.pi * v)
+    gt = torch.where(torch.rand(480, 640, generator=torch.Generator().manual_seed(0)) < 0.1, 0.0, gt)
+    v, u = torch.linspace(0, 1, 392)[:, None], torch.linspace(0, 1, 518)[None, :]
+    pred = 1.1 + 5.5 * v + 0.6 * torch.sin(3 * math.pi * u + 0.3) * torch.cos(math.pi * v)
+    return pred, gt
+
+
+def test_training_loss_at_ground_truth_resolution_as_zoedepth() -> None:
+    """ZoeDepth's SILogLoss (interpolate=True) on these inputs: 0.868830 over 276,418 valid pixels. Resizing the
+    ground truth to the prediction's 392x518 with nearest neighbour, as the suite did, gives 0.892645 (issue 11.1).
+    The task's training loss receives the ground truth at its resolution from the data and upsamples there."""
+    pred, gt = smooth_nyu_case()
+    mask = (gt > 1e-3) & (gt < 10)
+    assert int(mask.sum()) == 276_418
+    assert float(silog_loss(pred[None], gt[None], mask[None])) == pytest.approx(0.868830, abs=1e-6)
+
+    class Constant(nn.Module):  # a "model" whose prediction is `pred` at the input size
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+            assert pixel_values.shape[-2:] == (392, 518)
+            return SimpleNamespace(predicted_depth=self.scale * pred[None].expand(len(pixel_values), -1, -1))
+
+    task = DepthTask(Constant(), optimizer=torch.optim.AdamW, max_depth=10.0, eval_crop="eigen")
+    batch = {"image": torch.zeros(1, 3, 392, 518), "depth": gt[None], "mask": mask[None]}
+    assert float(task.training_loss(batch).detach()) == pytest.approx(0.868830, abs=1e-6)
+    assert task.depth_metrics.min_valid_pixels == 1
+    gt_small = TF.resize(gt[None], [392, 518], interpolation=TF.InterpolationMode.NEAREST)
+    old = silog_loss(pred[None], gt_small, (gt_small > 1e-3) & (gt_small < 10))
+    assert float(old) == pytest.approx(0.892645, abs=1e-6)

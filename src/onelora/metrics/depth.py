@@ -7,7 +7,8 @@ Protocol (``evaluate.py`` and ``utils/misc.py compute_metrics/compute_errors`` o
    ``[min_depth, max_depth]``, NaN -> ``min_depth`` and +-inf -> ``max``/``min`` (:func:`prepare_prediction`);
 3. valid pixels: ``min_depth < gt < max_depth`` intersected with a crop (Eigen for NYU, Garg for KITTI and
    DIODE outdoor) (:func:`evaluation_mask`);
-4. the errors of :func:`compute_depth_errors` are computed per image and averaged over images (:class:`DepthMetrics`).
+4. the errors of :func:`compute_depth_errors` are computed per image and averaged over every image with at least one
+   valid pixel (:class:`DepthMetrics`).
 
 With ``V`` the valid pixels of one image, ``n = |V|``, ``g`` the ground truth and ``p`` the prediction::
 
@@ -246,7 +247,9 @@ class DepthMetrics(Metric):
     of the target's shape (intersected with the evaluation mask). Each prediction goes through
     :func:`prepare_prediction`, each image is masked with :func:`evaluation_mask` (``min_depth``, ``max_depth``,
     ``crop``) and its errors (:func:`compute_depth_errors`) are added to per-key sums. Images with fewer than
-    ``min_valid_pixels`` evaluated pixels are skipped and counted in ``num_skipped``.
+    ``min_valid_pixels`` evaluated pixels are skipped and counted in ``num_skipped``: the default 1 is ZoeDepth's /
+    Depth Anything V1's rule (every image with a valid pixel counts; one without would make its average NaN there);
+    Depth Anything V2's validation uses 10.
 
     ``compute()`` returns ``{key: sum_key / num_images}`` for :data:`DEPTH_METRIC_KEYS` (NaN before any image).
     States are float64 sums with ``dist_reduce_fx="sum"``.

@@ -1,9 +1,11 @@
 """Monocular depth estimation (the paper's Depth Anything transfers): SILog loss, ZoeDepth evaluation, RMSE.
 
-Training: ``predicted_depth = model(pixel_values=images).predicted_depth`` (B, H, W) at the input size against
-the ground truth resized to it, SILog (:func:`onelora.tasks.losses.silog_loss`, ZoeDepth form by default) over
-the valid pixels. Validation: flip averaging, then :class:`onelora.metrics.depth.DepthMetrics` (prediction
-upsampled to the ground truth, clamped to the evaluation range, Eigen/Garg crop, errors averaged per image).
+Training: ``predicted_depth = model(pixel_values=images).predicted_depth`` (B, h, w) at the input size, upsampled
+bilinearly (``align_corners=True``) to the ground truth's own resolution and masked there, then SILog
+(:func:`onelora.tasks.losses.silog_loss`, ZoeDepth form by default), as ZoeDepth's trainer does: every LiDAR point
+of a KITTI frame enters the loss. Validation: flip averaging, then :class:`onelora.metrics.depth.DepthMetrics`
+(prediction upsampled to the ground truth, clamped to the evaluation range, Eigen/Garg crop, errors averaged over
+every image with at least one valid pixel, as ZoeDepth; images without one are counted in ``num_skipped``).
 The run's metric is RMSE (lower is better); AbsRel, δ1..δ3, log10, RMSE-log, SqRel and SILog are logged too.
 
 Optimiser extras over :class:`PeftTask` (both from ZoeDepth, the paper's "training settings of Depth Anything"):
@@ -59,7 +61,8 @@ class DepthTask(PeftTask):
         eval_crop: ``"eigen"`` (NYU), ``"garg"`` (KITTI, DIODE outdoor), ``"kitti_eigen"`` or ``None``.
         flip_eval: average the prediction with that of the flipped image at validation.
         min_valid_pixels: images with fewer valid ground-truth pixels are skipped at validation (counted in
-            ``num_skipped``); a training batch with fewer gives a zero loss.
+            ``num_skipped``); 1 = ZoeDepth / Depth Anything V1 (V2 uses 10). A training batch with fewer than 2 valid
+            pixels (SILog's unbiased variance needs 2) gives a zero loss.
         fp32_output: run the head's last convolution in float32 under mixed precision (:func:`fp32_output_conv`).
         lr_groups: ``{module prefix: lr factor}`` for trainable parameters under that prefix (longest prefix wins;
             others keep the optimiser's lr), e.g. ``{"backbone": 0.02, "neck": 0.02}``.
@@ -74,7 +77,7 @@ class DepthTask(PeftTask):
         max_depth: float = 10.0,
         eval_crop: str | None = None,
         flip_eval: bool = True,
-        min_valid_pixels: int = 10,
+        min_valid_pixels: int = 1,
         fp32_output: bool = True,
         lr_groups: Mapping[str, float] | None = None,
         data_name: str = "data",
@@ -108,8 +111,9 @@ class DepthTask(PeftTask):
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
         pred = self(batch["image"])
         mask = batch["mask"]
-        if int(mask.sum()) < self.min_valid_pixels:
+        if int(mask.sum()) < 2:
             return pred.sum() * 0.0  # nothing to learn from this batch (keeps the graph for DDP)
+        # the prediction is upsampled to the ground truth's resolution inside the loss (ZoeDepth's SILogLoss)
         return silog_loss(pred, batch["depth"], mask, variant=self.loss_variant)
 
     def validation_update(self, batch: dict[str, Any]) -> None:
