@@ -1,5 +1,10 @@
-"""The suite's entry point: `python run.py [group=option ...]` (no argument: the quickstart)."""
+"""The suite's entry point: `python run.py [group=option ...]` (no argument: the quickstart).
 
+A user error ends a run with one line and exit 2. In a multirun (`-m`), a job's failure is recorded in its own
+result.json and the sweep goes on; the exit code is then the number of jobs that did not end ok (at most 125).
+"""
+
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,10 +22,26 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run(cfg)
-    except user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as e:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from onelora.record import record_failure
+
+        record_failure(cfg, e)
+        sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if not isinstance(e, user_errors()):
+            if not sweep:
+                raise
+            logging.getLogger("onelora").exception("job %s failed", HydraConfig.get().runtime.output_dir)
+        else:
+            print(f"error: {e}", file=sys.stderr)
+            if not sweep:
+                sys.exit(2)
 
 
 if __name__ == "__main__":
     main()
+    from onelora.record import SweepOutcome
+
+    sys.exit(min(len(SweepOutcome.failed_jobs), 125))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 from helpers import ROOT, hydra_cfg, write_cifar10
 
+from onelora.record import effective_status
 from onelora.train import build_peft_model, train
 
 RECORD_FIELDS = {
@@ -108,7 +110,9 @@ def test_resume_after_kill_matches_uninterrupted(cifar: Path) -> None:
     proc = _cli(*args, "+callbacks.kill._target_=helpers.KillAtEpochStart", "+callbacks.kill.epoch=2")
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert (killed / "checkpoints" / "last.ckpt").is_file()
-    assert not (killed / "result.json").exists()  # a killed process writes nothing marked ok
+    killed_record = json.loads((killed / "result.json").read_text())  # written at the start, never marked ok
+    assert killed_record["status"] == "running" and killed_record["host"] == socket.gethostname()
+    assert effective_status(killed_record) == "interrupted"  # its pid is gone on this host
     proc = _cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     resumed = json.loads((killed / "result.json").read_text())
@@ -155,7 +159,7 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
     proc = _cli("experiment=smoke_classification", *paths)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith("error: CIFAR-10 not found") and "paths.data_dir=" in err
+    assert err.startswith("error: data cifar_synthetic:") and "not found (data_dir)" in err and "paths.data_dir=" in err
     record = json.loads((tmp_path / "r" / "result.json").read_text())
     assert record["status"] == "failed"
 

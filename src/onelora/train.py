@@ -7,13 +7,8 @@ whose record says `ok` is skipped (resubmitting a sweep only runs what is missin
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
-import os
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +18,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .errors import ConfigError, user_errors  # noqa: F401  (re-exported: onelora.train.ConfigError, user_errors)
 from .models import build_model
 from .peft import DEFAULT_HEADS, ParameterCount, apply_peft, count_parameters, merge_peft
+from .record import (  # noqa: F401  (re-exported: the record's helpers lived here)
+    RECORD,
+    acquire_lock,
+    base_record,
+    git_sha,
+    hydra_overrides,
+    read_record,
+    release_lock,
+    versions,
+    write_json_atomic,
+)
+from .record import now as _now
 
 log = logging.getLogger("onelora")
-
-RECORD = "result.json"
 
 
 # --- building -------------------------------------------------------------------------------
@@ -94,80 +99,6 @@ def dry_run(cfg: DictConfig) -> dict[str, int]:
     return values
 
 
-# --- the run record -------------------------------------------------------------------------
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def git_sha() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for pkg in (
-        "onelora",
-        "torch",
-        "lightning",
-        "transformers",
-        "diffusers",
-        "timm",
-        "torchmetrics",
-        "hydra-core",
-        "peft",
-    ):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def hydra_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def base_record(cfg: DictConfig) -> dict[str, Any]:
-    return {
-        "task": cfg.task.name,
-        "model": cfg.model.name,
-        "peft": cfg.peft.name,
-        "data": cfg.data.name,
-        "seed": cfg.seed,
-        "name": cfg.name,
-        "status": "running",
-        "metric_name": cfg.task.metric.name,
-        "metric_direction": cfg.task.metric.direction,
-        "metric_best": None,
-        "metrics": {},
-        "overrides": hydra_overrides(),
-        "git_sha": git_sha(),
-        "versions": versions(),
-        "started_at": _now(),
-    }
-
-
 # --- the run --------------------------------------------------------------------------------
 def is_rank_zero() -> bool:
     """Global rank 0: Lightning's own view (RANK, LOCAL_RANK, SLURM_PROCID...; the global rank once a strategy set it)."""
@@ -178,9 +109,6 @@ def is_rank_zero() -> bool:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as `cfg` says; returns the run record (also written to result.json)."""
-    from .peft import validate_peft
-
-    validate_peft(cfg.peft.name, **peft_kwargs(cfg))  # a bad method option: one line, before any weight loads
     if cfg.dry_run:
         return dry_run(cfg)
     return train(cfg)[0]
@@ -198,27 +126,33 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     if previous and previous.get("status") == "ok" and not cfg.rerun:
         print(f"already done: {record_path} ({previous['metric_name']}={previous['metric_best']}); rerun=true to redo")
         return previous, None
-    if previous and previous.get("status") == "ok" and (out / "checkpoints").is_dir():
-        # rerun=true starts afresh; the finished run's checkpoints are kept aside, not deleted
-        (out / "checkpoints").rename(out / f"checkpoints.{previous.get('finished_at', 'old').replace(':', '')}")
-    ensure_pretrained(cfg)
-    if is_rank_zero():  # the resolved config, for tools that rebuild the run's model (scripts/math_answers.py)
-        out.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-
-    import lightning as L
-    from hydra.utils import instantiate
-
     from .callbacks import EfficiencyMonitor
     from .tasks.base import DivergedError
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # one process per run directory (a second one stops here with one line); the record says `running` from now
+    lock = acquire_lock(out) if is_rank_zero() else None
     record = base_record(cfg)
     if previous:
         record["started_at"] = previous.get("started_at", record["started_at"])
+    if lock is not None:
+        write_json_atomic(record_path, record)
     monitor: EfficiencyMonitor | None = None
     task = None
     try:
+        from .preflight import preflight
+
+        preflight(cfg)  # cheap checks (the data set's files) before any weight is loaded
+        if previous and previous.get("status") == "ok" and (out / "checkpoints").is_dir():
+            # rerun=true starts afresh; the finished run's checkpoints are kept aside, not deleted
+            (out / "checkpoints").rename(out / f"checkpoints.{previous.get('finished_at', 'old').replace(':', '')}")
+        ensure_pretrained(cfg)
+        if lock is not None:  # the resolved config, for tools that rebuild the run's model (scripts/math_answers.py)
+            OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+
+        import lightning as L
+        from hydra.utils import instantiate
+
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
         model, counts = build_peft_model(cfg)
         record.update(
             peft_params=counts.peft,
@@ -271,8 +205,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         if monitor is not None:
             record.update(monitor.summary())
         record["finished_at"] = _now()
-        if is_rank_zero():
+        if lock is not None:
             write_json_atomic(record_path, record)
+            release_lock(lock)
         _finish_wandb()
     _print_summary(record, record_path)
     return record, task

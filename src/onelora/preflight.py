@@ -1,0 +1,81 @@
+"""Cheap checks before anything slow: the data set's files exist, and the hub stays offline when the files are local.
+
+A run that would fail on a missing data set must say so before loading a 1.3 GB model or retrying the hub for a
+minute (`preflight`, called by `train` first thing). Only paths the data config names under its path keys are
+checked, and only absolute ones (configs build them from `paths.data_dir`); a hub id such as
+`meta-math/MetaMathQA` is not a path and is left to its loader.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import DatasetFormatError
+
+# the data modules' arguments that name files or folders they read (configs/data/*.yaml)
+PATH_KEYS = ("data_dir", "root", "train_root", "val_root", "train_gt_root", "val_gt_root", "train_split",
+             "val_split", "json_path")  # fmt: skip
+
+
+def missing_data_paths(cfg: DictConfig) -> list[tuple[str, Path]]:
+    """(key, path) for every path the data module's config names that does not exist."""
+    module = cfg.data.get("module")
+    if module is None:
+        return []
+    spec: dict[str, Any] = OmegaConf.to_container(module, resolve=True)  # type: ignore[assignment]
+    if spec.get("download"):
+        return []
+    out = []
+    for key in PATH_KEYS:
+        value = spec.get(key)
+        if isinstance(value, str) and os.path.isabs(value) and not Path(value).exists():
+            out.append((key, Path(value)))
+    return out
+
+
+def check_data(cfg: DictConfig) -> None:
+    missing = missing_data_paths(cfg)
+    if missing:
+        key, path = missing[0]
+        more = f" (and {len(missing) - 1} more: {', '.join(k for k, _ in missing[1:])})" if len(missing) > 1 else ""
+        raise DatasetFormatError(
+            f"data {cfg.data.name}: {path} not found ({key}){more}; put the data set there as "
+            f"configs/data/{cfg.data.name}.yaml describes, or point paths.data_dir= at the folder that holds it"
+        )
+
+
+def hub_repo(source: Any) -> str | None:
+    """The hub repository id a `model.pretrained` value names, or None for a local path / no weights."""
+    if not isinstance(source, str) or not source or Path(source).exists() or os.path.isabs(source):
+        return None
+    repo = source.removeprefix("hf-hub:")
+    return repo if repo.count("/") == 1 else None
+
+
+def offline_if_cached(cfg: DictConfig) -> bool:
+    """Turn the hub offline for this process when the model's files are already in the local cache.
+
+    With the files local, a run needs no network; without this, a machine that has none retries the hub for a
+    minute before the loader falls back to the cache."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    repo = hub_repo(cfg.model.get("pretrained"))
+    if repo is None or constants.HF_HUB_OFFLINE:
+        return False
+    sub = cfg.model.get("subfolder")
+    names = [f"{sub}/config.json" if sub else "config.json", "model_index.json"]
+    if not any(isinstance(huggingface_hub.try_to_load_from_cache(repo, n), str) for n in names):
+        return False
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    return True
+
+
+def preflight(cfg: DictConfig) -> None:
+    check_data(cfg)
+    offline_if_cached(cfg)
