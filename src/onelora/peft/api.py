@@ -147,9 +147,11 @@ def find_targets(model: nn.Module, target_modules: Patterns, exclude: Patterns) 
         )
     if not names:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if layer_kind(m) in LINEAR_KINDS})
+        convs = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if layer_kind(m) == "conv2d"})
+        hint = f"; its nn.Conv2d layers ({', '.join(convs)}) are adapted when named in a list" if convs else ""
         raise PeftError(
             f"target_modules={targets!r} matched no linear layer of {type(model).__name__} outside the excluded "
-            f"{exclude!r}; its linear layers are named: {', '.join(linear) or 'none'}"
+            f"{exclude!r}; its linear layers are named: {', '.join(linear) or 'none'}{hint}"
         )
     return names
 
