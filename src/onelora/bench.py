@@ -159,7 +159,9 @@ def run_benchmark(
         row.model.zero_grad(set_to_none=True)
         # the dry run's estimate of the same quantity, traced on the meta device (no data, no weights)
         meta_inputs = {k: v.to("meta") for k, v in inputs.items()}
-        row.est_saved_bytes = saved_activations(copy.deepcopy(row.model).to("meta"), meta_inputs)["total"]
+        row.est_saved_bytes = saved_activations(copy.deepcopy(row.model).to("meta"), meta_inputs, device_type=dev.type)[
+            "total"
+        ]
         row.state_bytes = state_bytes(row.model)
     optimizers = {id(r): torch.optim.AdamW([p for p in r.model.parameters() if p.requires_grad], lr=1e-6) for r in rows}
 

@@ -4,34 +4,37 @@
     print("\\n".join(format_memory_lines(est)))
 
 Terms (bytes, per process):
-- weights: every parameter and buffer, in the storage dtypes of `apply_dtype_policy` (frozen weights in
-  `weights_dtype`, what trains in `trainable_dtype`), by dtype;
+- weights: every parameter and buffer, in the storage dtypes the run really uses (`apply_dtype_policy`: frozen
+  weights in `weights_dtype`, what trains in `trainable_dtype`; DeepSpeed casts the whole module to bf16), by dtype;
 - gradients: one per trainable parameter, in its dtype;
 - optimizer: AdamW's two fp32 moments per trainable parameter (+ fp32 master copies where what trains is
   stored in lower precision);
-- activations: the tensors autograd saves for backward in one forward of one micro-batch, measured by
-  tracing the forward on the meta device under `torch.autograd.graph.saved_tensors_hooks` (bytes of the
-  distinct storages saved, parameters and buffers excluded: they are counted above). On meta, autocast is
-  emulated (matmul-like ops cast their floating inputs to the autocast dtype, parameter casts cached per
-  forward, as autocast does) and attention runs the fused kernel GPUs use (it saves q, k, v, the output
-  and the log-sum-exp, not the attention matrix). With activation checkpointing of the decoder layers:
-  what is saved outside them, plus each layer's input, plus one layer's saved tensors (its recomputation);
+- activations: the tensors autograd saves for backward in one forward of one micro-batch, traced on fake tensors
+  of the target device under its own autocast (`onelora.memory_trace`: CUDA's op lists, CUDA's 1-byte dropout
+  masks, the fused attention kernel the GPU picks), bytes of the distinct storages saved, parameters and buffers
+  excluded. With activation checkpointing (transformers' layers, diffusers' `transformer_blocks`, timm's
+  `blocks`): what is saved outside them, plus each block's input, plus one block's saved tensors (its
+  recomputation);
+- gathered (FSDP full shard): the unsharded parameters resident at once: the root unit (embeddings, head,
+  final norm; FSDP keeps it gathered from forward to backward) and two layer units (the current one and the
+  prefetched one, `limit_all_gathers`);
+- buckets (DeepSpeed ZeRO-2 with `overlap_comm`): its two gradient buckets of `reduce_bucket_size` elements in
+  the module's dtype;
+- frozen models: modules the task keeps on the device beside the model (the DiT's VAE);
 - total: their sum. Sharding: ZeRO-2 divides gradients and optimizer states by the world size, FSDP
-  full shard also the weights. Not counted: allocator fragmentation, kernels' workspaces, the
-  transient gradient of the logits, communication buffers; real peaks are somewhat higher.
+  full shard also the weights. Not counted: allocator fragmentation, kernels' workspaces, transient tensors
+  (the logits' gradient, the VAE's encoder activations under no_grad), the CUDA context.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
+
+from .memory_trace import checkpointed_blocks, saved_activations  # noqa: F401  (saved_activations re-exported)
 
 DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -72,174 +75,11 @@ def apply_dtype_policy(
     return model
 
 
-# --- saved tensors --------------------------------------------------------------------------------
-def _storage_key(t: Tensor) -> tuple[Any, int]:
-    try:
-        st = t.untyped_storage()
-        return st._cdata, int(st.nbytes())
-    except (RuntimeError, NotImplementedError, TypeError):  # tensors without a storage (subclasses)
-        return id(t), t.numel() * t.element_size()
-
-
-_LOWER_PRECISION = {
-    F.linear, torch.matmul, Tensor.matmul, Tensor.__matmul__, Tensor.__rmatmul__, torch.mm, Tensor.mm, torch.bmm,
-    Tensor.bmm, torch.baddbmm, Tensor.baddbmm, torch.addmm, Tensor.addmm, torch.addbmm, torch.einsum, F.conv1d,
-    F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.prelu,
-}  # fmt: skip
-
-
-class MetaAutocast(TorchFunctionMode):
-    """Autocast for meta tensors (torch.autocast does not run there) and GPU-like fused attention.
-
-    Matmul-like functions get their fp32 floating inputs in `dtype` (casts of leaf tensors that require
-    grad are cached for the forward, as autocast caches parameter casts); `scaled_dot_product_attention`
-    runs the fused kernel (saving q, k, v, output and log-sum-exp) instead of meta's math fallback.
-    """
-
-    def __init__(self, dtype: torch.dtype | None) -> None:
-        super().__init__()
-        self.dtype = dtype
-        self.cache: dict[int, Tensor] = {}
-
-    def _cast(self, x: Any) -> Any:
-        if self.dtype is None or not isinstance(x, Tensor) or x.dtype != torch.float32:
-            return x
-        if x.is_leaf and x.requires_grad and torch.is_grad_enabled():  # (a cast made under no_grad has no graph)
-            if id(x) not in self.cache:
-                self.cache[id(x)] = x.to(self.dtype)
-            return self.cache[id(x)]
-        return x.to(self.dtype)
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            return self._attention(*[self._cast(a) for a in args], **{k: self._cast(v) for k, v in kwargs.items()})
-        if func in _LOWER_PRECISION:
-            args = tuple(self._cast(a) for a in args)
-            kwargs = {k: self._cast(v) for k, v in kwargs.items()}
-        return func(*args, **kwargs)
-
-    @staticmethod
-    def _attention(
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        attn_mask: Tensor | None = None,
-        dropout_p: float = 0.0,
-        is_causal: bool = False,
-        scale: float | None = None,
-        enable_gqa: bool = False,
-    ) -> Tensor:
-        if k.shape[-3] != q.shape[-3]:  # grouped-query attention: repeat the key/value heads
-            rep = q.shape[-3] // k.shape[-3]
-            k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
-        if attn_mask is not None and attn_mask.dtype != torch.bool:
-            attn_mask = attn_mask.to(q.dtype)
-        out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale
-        )
-        return out
-
-
-def default_layer_classes() -> tuple[type, ...]:
-    """The blocks activation checkpointing wraps: transformers' decoder/encoder layers."""
-    try:
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
-        return (GradientCheckpointingLayer,)
-    except ImportError:  # pragma: no cover (older transformers)
-        return ()
-
-
-@contextmanager
-def _train_mode(model: nn.Module) -> Iterator[None]:
-    was = model.training
-    model.train()
-    try:
-        yield
-    finally:
-        model.train(was)
-
-
-def saved_activations(
-    model: nn.Module,
-    inputs: dict[str, Any],
-    autocast_dtype: str | torch.dtype | None = None,
-    layer_classes: Sequence[type] | None = None,
-    emulate: bool | None = None,
-) -> dict[str, Any]:
-    """Trace one training forward; bytes of the distinct storages saved for backward (parameters excluded).
-
-    Returns `total`, `outside` (saved outside the layers), `per_layer` and `layer_inputs` (bytes of each
-    layer's first input). `emulate` (default: on meta) runs `MetaAutocast`; otherwise, with an
-    `autocast_dtype`, the real `torch.autocast` of the model's device.
-    """
-    dtype = to_dtype(autocast_dtype)
-    params = {_storage_key(t)[0] for t in [*model.parameters(), *model.buffers()]}
-    device = next(model.parameters()).device
-    emulate = device.type == "meta" if emulate is None else emulate
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, tuple(layer_classes if layer_classes is not None else default_layer_classes()))
-    ]
-    current: list[int] = []
-    per_layer = [0] * len(layers)
-    layer_inputs = [0] * len(layers)
-    outside = 0
-    seen: set[Any] = set()
-    keep: list[Tensor] = []  # hold what was saved so storages (and their keys) stay alive
-
-    def pack(t: Tensor) -> Tensor:
-        nonlocal outside
-        key, nbytes = _storage_key(t)
-        if key not in params and key not in seen:
-            seen.add(key)
-            keep.append(t)
-            if current:
-                per_layer[current[-1]] += nbytes
-            else:
-                outside += nbytes
-        return t
-
-    handles = []
-    for i, layer in enumerate(layers):
-
-        def pre(mod: nn.Module, args: tuple, kwargs: dict, i: int = i) -> None:
-            x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, Tensor)), None)
-            if isinstance(x, Tensor) and not current:
-                layer_inputs[i] = x.numel() * x.element_size()
-            current.append(i)
-
-        def post(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            current.pop()
-
-        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(layer.register_forward_hook(post, with_kwargs=True))
-    if emulate:
-        ctx: Any = MetaAutocast(dtype)
-    elif dtype is not None:
-        ctx = torch.autocast(device.type, dtype=dtype)
-    else:
-        ctx = torch.autocast(device.type, enabled=False)
-    try:
-        with _train_mode(model), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
-            if hasattr(model, "config"):  # transformers: keyword inputs, the loss computed inside
-                model(**inputs)
-            else:  # timm and plain modules: the first tensor positionally
-                model(next(v for v in inputs.values() if isinstance(v, Tensor)))
-    finally:
-        for h in handles:
-            h.remove()
-    total = outside + sum(per_layer)
-    return {"total": total, "outside": outside, "per_layer": per_layer, "layer_inputs": layer_inputs}
-
-
 # --- the estimate -------------------------------------------------------------------------------
 def example_inputs(
     model: nn.Module, batch_size: int, seq_len: int | None = None, image_size: int | None = None
 ) -> dict[str, Any]:
-    """A micro-batch of the right shapes on the model's device: token ids (causal LM) or images + labels."""
+    """A micro-batch of the right shapes on the model's device: token ids and labels (causal LM) or images."""
     device = next(model.parameters()).device
     config = getattr(model, "config", None)
     if seq_len is not None:
@@ -259,16 +99,28 @@ def example_inputs(
         if device.type != "meta"
         else torch.empty(batch_size, channels, size, size, device=device)
     )
-    labels = torch.zeros(batch_size, dtype=torch.long, device=device)
-    return {"pixel_values": images, "labels": labels}
+    return {"pixel_values": images}  # the classification task computes its loss outside the model
+
+
+def depth_input_hw(cfg: Any) -> tuple[int, int]:
+    """The network input size of a depth experiment's training images, from the data's own function."""
+    from .data.depth import dataset_input_hw, input_hw
+
+    data = cfg.data.get("module") or {}
+    size = data.get("input_size", cfg.model.get("image_size") or 518)
+    size = size if size is None or isinstance(size, int) else [int(x) for x in size]
+    keep_aspect, multiple_of = bool(data.get("keep_aspect", True)), int(data.get("multiple_of", 14))
+    dataset = data.get("dataset")
+    if dataset is None or size is None:  # no data set named: a square model-sized input
+        side = int(cfg.model.get("image_size") or 518)
+        return input_hw(side, side, size, multiple_of, keep_aspect) if size is not None else (side, side)
+    return dataset_input_hw(str(dataset), size, keep_aspect, multiple_of)
 
 
 def kind_inputs(kind: str, model: nn.Module, batch_size: int, cfg: Any) -> dict[str, Any] | None:
     """A training micro-batch on the meta device for the depth and diffusion tasks (shapes from the config)."""
-    data = cfg.data.get("module") or {}
     if kind == "depth_estimator":
-        size = data.get("input_size") or cfg.model.get("image_size") or 518
-        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        h, w = depth_input_hw(cfg)
         return {"pixel_values": torch.empty(batch_size, 3, h, w, device="meta")}
     if kind == "diffusion_transformer":
         config = model.config
@@ -279,6 +131,22 @@ def kind_inputs(kind: str, model: nn.Module, batch_size: int, cfg: Any) -> dict[
             "class_labels": torch.empty(batch_size, dtype=torch.long, device="meta"),
         }
     return None
+
+
+def _nbytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+
+def fsdp_gathered_bytes(model: nn.Module, unit_classes: tuple[type, ...], world_size: int) -> int:
+    """Unsharded parameters FSDP full shard keeps resident at once, beyond each process's shard: the root unit
+    (gathered from forward to backward) and two layer units (the running one and the prefetched one)."""
+    from .strategies import fsdp_units
+
+    units = fsdp_units(model, unit_classes)
+    root = _nbytes(p for _, p in units.get("", []))
+    layers = sorted((_nbytes(p for _, p in params) for name, params in units.items() if name), reverse=True)
+    full = root + sum(layers[:2])
+    return full - full // max(world_size, 1)
 
 
 def estimate_training_memory(
@@ -295,16 +163,21 @@ def estimate_training_memory(
     optimizer_states: int = 2,
     world_size: int = 1,
     sharding: str = "none",
+    device_type: str = "cuda",
+    fsdp_unit_classes: tuple[type, ...] = (),
+    bucket_bytes: int = 0,
+    frozen_models: int = 0,
 ) -> dict[str, int]:
     """Bytes per process to train `model` (best built on the meta device) on one micro-batch; see the module doc.
 
     A model not on meta is copied to meta first (its weights are not touched). `sharding`: "none", "zero2"
-    (gradients and optimizer states split over `world_size`) or "full" (weights too).
+    (gradients and optimizer states split over `world_size`) or "full" (weights too; with `fsdp_unit_classes`,
+    the gathered units are added). `device_type`: whose autocast and kernels the activations are traced for.
+    `bucket_bytes`, `frozen_models`: DeepSpeed's gradient buckets and the task's frozen modules (bytes).
     """
     if sharding not in ("none", "zero2", "full"):
         raise ValueError(f"sharding must be none, zero2 or full, got {sharding!r}")
-    if next(model.parameters()).device.type != "meta":
-        model = copy.deepcopy(model).to("meta")
+    model = copy.deepcopy(model).to("meta")  # the caller's model keeps its dtypes
     apply_dtype_policy(model, weights_dtype, trainable_dtype)
     params = list({id(p): p for p in model.parameters()}.values())
     out: dict[str, int] = {}
@@ -319,33 +192,73 @@ def estimate_training_memory(
     master = sum(4 * p.numel() for p in trainable if p.dtype != torch.float32)
     if inputs is None:
         inputs = example_inputs(model, batch_size, seq_len, image_size)
-    acts = saved_activations(model, inputs, autocast_dtype)
-    if gradient_checkpointing and acts["per_layer"]:
+    acts = saved_activations(model, inputs, autocast_dtype, device_type=device_type)
+    checkpointing = bool(gradient_checkpointing and acts["per_layer"])  # nothing to wrap: nothing applied
+    if checkpointing:
         activations = acts["outside"] + sum(acts["layer_inputs"]) + max(acts["per_layer"])
     else:
         activations = acts["total"]
     split = max(world_size, 1)
+    gathered = 0
     if sharding in ("zero2", "full"):
         gradients, optimizer, master = gradients // split, optimizer // split, master // split
     if sharding == "full":
         weights = weights // split
         out = {k: v // split for k, v in out.items()}
+        if fsdp_unit_classes:
+            gathered = fsdp_gathered_bytes(model, fsdp_unit_classes, split)
     out.update(
         weights=weights,
         gradients=gradients,
         optimizer=optimizer + master,
         activations=activations,
         activations_no_checkpointing=acts["total"],
+        gathered=gathered,
+        buckets=int(bucket_bytes),
+        frozen_models=int(frozen_models),
         trainable_params=n_trainable,
         batch_size=int(next(iter(v for v in inputs.values() if isinstance(v, Tensor))).shape[0]),
-        gradient_checkpointing=int(gradient_checkpointing),
+        gradient_checkpointing=int(checkpointing),
         world_size=split,
     )
-    out["total"] = weights + gradients + optimizer + master + activations
+    out["total"] = weights + gradients + optimizer + master + activations + gathered + out["buckets"] + frozen_models
     return out
 
 
-def estimate_from_config(model: nn.Module, cfg: Any) -> dict[str, int] | None:
+def run_dtypes(cfg: Any) -> tuple[str | None, str | None, str | None]:
+    """(frozen weights, trainable, autocast) dtypes of a composed config's run, as its strategy really stores them.
+
+    `*-true` precisions cast the module; DeepSpeed with bf16/16-mixed casts it too (its engine's `module.bfloat16()`,
+    fp32 master copies in the optimizer); otherwise the task's policy (`weights_dtype`, `trainable_dtype`).
+    """
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    low = "bfloat16" if precision.startswith("bf16") else "float16" if precision.startswith("16") else None
+    autocast = low if precision.endswith("-mixed") else None
+    weights, trainable = cfg.task.get("weights_dtype"), cfg.task.get("trainable_dtype", "float32")
+    if precision in ("bf16-true", "16-true") or ("deepspeed" in strategy_target(cfg) and low is not None):
+        weights = trainable = low
+    return weights, trainable, autocast
+
+
+def strategy_target(cfg: Any) -> str:
+    strategy = cfg.trainer.get("strategy")
+    return str(strategy.get("_target_", "")) if hasattr(strategy, "get") else str(strategy or "")
+
+
+def _frozen_model_bytes(cfg: Any, dtype: str | None) -> int:
+    """The task's frozen modules on the device: the diffusion task's VAE (built on meta from its config)."""
+    vae = cfg.model.get("vae") if cfg.model.get("kind") == "diffusion_transformer" else None
+    if not vae:
+        return 0
+    from .models import build_model
+
+    module = build_model(vae, pretrained=False, meta=True)
+    if dtype is not None:
+        module = module.to(to_dtype(dtype))
+    return _nbytes([*module.parameters(), *module.buffers()])
+
+
+def estimate_from_config(model: nn.Module, cfg: Any, device_type: str = "cuda") -> dict[str, int] | None:
     """The estimate for a composed config: its micro batch, sequence length / image size, dtypes, checkpointing
     and sharding. None where the model does not fit the task (a dry run of a bare model=: no batch to size)
     or its kind has no input builder here (causal LMs and image classifiers have).
@@ -355,15 +268,23 @@ def estimate_from_config(model: nn.Module, cfg: Any) -> dict[str, int] | None:
         return None
     data = cfg.data.get("module") or {}
     precision = str(cfg.trainer.get("precision", "32-true"))
-    autocast = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}.get(precision)
-    weights, trainable = cfg.task.get("weights_dtype"), cfg.task.get("trainable_dtype", "float32")
-    if precision in ("bf16-true", "16-true"):
-        weights = trainable = "bfloat16" if precision.startswith("bf16") else "float16"
+    weights, trainable, autocast = run_dtypes(cfg)
+    target = strategy_target(cfg)
     strategy = cfg.trainer.get("strategy")
-    target = str(strategy.get("_target_", "")) if hasattr(strategy, "get") else str(strategy or "")
-    fsdp_ckpt = "fsdp" in target and (not hasattr(strategy, "get") or strategy.get("activation_checkpointing", True))
+    options = strategy if hasattr(strategy, "get") else {}
+    fsdp, deepspeed = "fsdp" in target, "deepspeed" in target
     from .batching import world_size
 
+    units: tuple[type, ...] = ()
+    if fsdp:
+        from .peft.layer import Adapter
+        from .strategies import import_class
+
+        units = (*(import_class(str(c)) for c in options.get("layer_classes") or ()), Adapter)
+    buckets = 0
+    if deepspeed and options.get("overlap_comm", False):  # two buckets, in the module's (bf16) dtype
+        itemsize = torch.finfo(to_dtype(trainable) or torch.float32).bits // 8
+        buckets = 2 * int(options.get("reduce_bucket_size", 500_000_000)) * itemsize
     batch_size = int(data.get("batch_size", 1) or 1)
     inputs, shape = None, {}
     if kind == "causal_lm":
@@ -381,9 +302,14 @@ def estimate_from_config(model: nn.Module, cfg: Any) -> dict[str, int] | None:
         weights_dtype=weights,
         trainable_dtype=trainable,
         autocast_dtype=autocast,
-        gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing")) or fsdp_ckpt,
+        gradient_checkpointing=bool(cfg.model.get("gradient_checkpointing"))
+        or (fsdp and bool(options.get("activation_checkpointing", True))),
         world_size=world_size(cfg.trainer),
-        sharding="full" if "fsdp" in target else "zero2" if "deepspeed" in target else "none",
+        sharding="full" if fsdp else "zero2" if deepspeed else "none",
+        device_type=device_type,
+        fsdp_unit_classes=units,
+        bucket_bytes=buckets,
+        frozen_models=_frozen_model_bytes(cfg, "bfloat16" if precision == "bf16-true" else None),
         **shape,
     )
 
@@ -406,10 +332,20 @@ def format_memory_lines(estimate: dict[str, int] | None) -> list[str]:
         f"{k.removeprefix('weights_')} {_gib(v)}" for k, v in sorted(estimate.items()) if k.startswith("weights_")
     )
     ckpt = "on" if estimate.get("gradient_checkpointing") else "off"
+    extra = "".join(
+        f", {label} {_gib(estimate[key])}"
+        for key, label in (
+            ("gathered", "FSDP gathered units"),
+            ("buckets", "DeepSpeed buckets"),
+            ("frozen_models", "frozen VAE"),
+        )  # fmt: skip
+        if estimate.get(key)
+    )
     return [
         f"memory estimate per process (micro-batch {estimate.get('batch_size')}, activation checkpointing {ckpt}, "
         f"world size {estimate.get('world_size', 1)}):",
         f"  weights {_gib(estimate['weights'])} ({by_dtype}), gradients {_gib(estimate['gradients'])}, "
-        f"optimizer {_gib(estimate['optimizer'])}, activations {_gib(estimate['activations'])}, total {_gib(estimate['total'])}",
+        f"optimizer {_gib(estimate['optimizer'])}, activations {_gib(estimate['activations'])}{extra}, "
+        f"total {_gib(estimate['total'])}",
         f"memory_total_bytes={estimate['total']}",
     ]
