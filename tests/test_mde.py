@@ -101,19 +101,29 @@ def test_source_checkpoint_starts_a_onelora_run(nyu_data: Path) -> None:
 
 
 def test_missing_source_checkpoint_names_the_recipe(tmp_path: Path) -> None:
-    with hydra_cfg(tmp_path, "experiment=mde_kitti2nyu", "model=depth_anything_tiny") as cfg:
+    nyu = write_nyu(tmp_path / "data" / "nyu")  # the data is there (checked first): the source model is not
+    splits = f"data.split_dir={nyu / 'train_test_inputs'}"
+    with hydra_cfg(tmp_path, "experiment=mde_kitti2nyu", "model=depth_anything_tiny", splits) as cfg:
         assert cfg.model.pretrained == str(tmp_path / "logs" / "sources" / "depth_anything_tiny_kitti")
         with pytest.raises(ModelError, match="python run.py experiment=mde_source_kitti"):
             train(cfg)
 
 
 def test_missing_split_file_names_the_file(tmp_path: Path) -> None:
+    expected = tmp_path / "data" / "depth_synthetic" / "train_test_inputs" / "nyudepthv2_train_files_with_gt.txt"
+    write_nyu(tmp_path / "data" / "depth_synthetic")
+    expected.unlink()
     with hydra_cfg(tmp_path, "experiment=smoke_mde") as cfg:
         with pytest.raises(DatasetFormatError) as exc:
             train(cfg)
     msg = str(exc.value)
-    expected = tmp_path / "data" / "depth_synthetic" / "train_test_inputs" / "nyudepthv2_train_files_with_gt.txt"
-    assert str(expected) in msg and "split file not found" in msg and "official_splits/test" in msg
+    assert str(expected) in msg and "not found (train_split)" in msg and "configs/data/depth_synthetic.yaml" in msg
+    # the data module's own check says the same, with the expected layout
+    with hydra_cfg(tmp_path, "experiment=smoke_mde") as cfg:
+        dm: DepthDataModule = instantiate(cfg.data.module)
+    with pytest.raises(DatasetFormatError, match="split file not found") as exc:
+        dm.setup("fit")
+    assert str(expected) in str(exc.value) and "official_splits/test" in str(exc.value)
     assert "failed" in (tmp_path / "run" / "result.json").read_text()
 
 
