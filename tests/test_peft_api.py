@@ -24,6 +24,7 @@ from onelora.peft import (
     load_peft,
     merge_peft,
     save_peft,
+    validate_peft,
 )
 from onelora.peft.mora import mora_rank
 
@@ -307,6 +308,96 @@ def test_apply_twice_is_an_error(peft_base_models):
     model = apply_peft(copy.deepcopy(peft_base_models["vit"][0]), "onelora")
     with pytest.raises(PeftError, match="already"):
         apply_peft(model, "lora")
+
+
+BAD_OPTIONS = [  # (method, arguments, what the one line must say)
+    ("lora", {"rank": "abc"}, r"option rank='abc' is not allowed; rank must be an integer >= 1"),
+    ("lora", {"rank": 0}, r"option rank=0 is not allowed; rank must be an integer >= 1"),
+    ("lora", {"dropout": 2.0}, r"option dropout=2.0 is not allowed; dropout must be a probability in \[0, 1\)"),
+    ("lora", {"alpha": float("nan")}, r"option alpha=nan is not allowed; alpha must be a number"),
+    ("vera", {"d_initial": "0.1"}, r"option d_initial='0.1' is not allowed; d_initial must be a number"),
+    ("mora1", {"rank": -1, "rank_rule": "official"}, r"rank=-1 with rank_rule=official is not allowed; .*rank >= 1"),
+    ("mora6", {"rank_rule": "paperr"}, r"rank_rule='paperr' is not allowed; rank_rule must be 'paper' or 'official'"),
+    ("onelora", {"target_modules": "("}, r"target_modules='\(' is not a valid regular expression \(missing \)"),
+    ("onelora", {"exclude_modules": "[a-"}, r"exclude_modules='\[a-' is not a valid regular expression"),
+    ("onelora", {"head": [3]}, r"head must be a regex string or a list of module names; 3 is not a name"),
+]
+
+
+@pytest.mark.parametrize("method,kwargs,message", BAD_OPTIONS, ids=[f"{m}-{next(iter(k))}" for m, k, _ in BAD_OPTIONS])
+def test_bad_option_values_are_one_line_before_anything_is_built(peft_base_models, method, kwargs, message):
+    with pytest.raises(PeftError, match=message) as err:
+        validate_peft(method, **kwargs)  # no model needed: run() calls this before loading one
+    assert "\n" not in str(err.value)
+    model = copy.deepcopy(peft_base_models["llama"][0])
+    with pytest.raises(PeftError, match=message):
+        apply_peft(model, method, **kwargs)
+    assert not hasattr(model, "peft_config") and not any(isinstance(m, AdaptedLinear) for m in model.modules())
+
+
+def test_mora_negative_rank_is_fine_under_the_paper_rule(peft_base_models):
+    """rank is unused by rank_rule=paper (r̂ = round(√d)), so the paper's configs may leave any value there."""
+    model = apply_peft(copy.deepcopy(peft_base_models["llama"][0]), "mora1", rank=-1)
+    assert model.peft_config["options"]["rank"] == -1
+    layer = model.model.layers[0].mlp.gate_proj  # d = 24: r̂ = round(√24) = 5
+    assert layer.adapter.M.shape == (5, 5)
+
+
+def test_run_validates_options_before_loading_the_model(tmp_path, monkeypatch):
+    """`run()` (the CLI, exit 2) rejects a bad option before any weight is loaded, in a dry run too."""
+    from helpers import hydra_cfg
+
+    import onelora.train as train
+
+    def no_model(*_, **__):
+        raise AssertionError("the model was built before the options were checked")
+
+    monkeypatch.setattr(train, "build_model", no_model)
+    for dry in ("false", "true"):
+        overrides = ["experiment=smoke_classification", "peft=lora", "peft.options.rank=abc", f"dry_run={dry}"]
+        with hydra_cfg(tmp_path, *overrides) as cfg, pytest.raises(PeftError, match="rank='abc'"):
+            train.run(cfg)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"head": ["clasifier"]}, r"head 'clasifier' matches no module of ViTForImageClassification; did you mean "),
+        ({"target_modules": ["q_proj", "v_prj"]}, r"target_modules 'v_prj' matches no module .*named: .*v_proj"),
+        ({"exclude_modules": ["classifier", "ouput"]}, r"exclude_modules 'ouput' matches no module"),
+    ],
+    ids=["head", "target", "exclude"],
+)
+def test_every_listed_name_must_match_a_module(peft_base_models, kwargs, message):
+    model = copy.deepcopy(peft_base_models["vit"][0])
+    with pytest.raises(PeftError, match=message) as err:
+        apply_peft(model, "onelora", **kwargs)
+    if "head" in kwargs:
+        assert "classifier" in str(err.value).split("did you mean")[1]
+    assert not hasattr(model, "peft_config") and not any(p.requires_grad is False for p in model.parameters())
+
+
+def test_tied_embeddings_count_as_head():
+    """lm_head.weight *is* embed_tokens.weight: trained as the head, counted once, in the head."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    apply_peft(model, "onelora", head=["lm_head"])
+    counts = count_parameters(model)
+    body = sum(m.out_features for n, m in model.named_modules() if isinstance(m, AdaptedLinear))
+    assert (counts.head, counts.peft) == (64 * 32, body) == (2048, 288)
+    assert counts.trainable == 2048 + 288 and counts.groups == {"head": 2048, "adapter": 288}
 
 
 @pytest.fixture(scope="module")
