@@ -200,6 +200,7 @@ def test_transfer_experiments_compose(tmp_path: Path, experiment: str) -> None:
         assert cfg.model.overrides.max_depth == max_depth and cfg.task.module.eval_crop == crop
         assert cfg.trainer.precision == "32-true" and cfg.trainer.max_epochs == 5  # ZoeDepth: use_amp false
         assert cfg.trainer.gradient_clip_val == 0.1 and cfg.model.gradient_checkpointing is False
+        assert cfg.trainer.val_check_interval == 0.25  # ZoeDepth's validate_every
         assert cfg.data.module.batch_size == 16 and cfg.task.module.lr_groups is None
         assert isinstance(instantiate(cfg.data.module), DepthDataModule)
 
