@@ -20,6 +20,8 @@ from PIL import Image
 
 from onelora.data.errors import DatasetFormatError
 from onelora.data.food101 import Food101DataModule, center_crop_arr, read_food101, to_tensor
+from onelora.data.synthetic import FOOD_CLASSES as CLASSES
+from onelora.data.synthetic import write_food101
 from onelora.errors import ConfigError
 from onelora.models import build_model
 from onelora.models.dit import class_embedder, embeddings_shared, share_dit_embeddings
@@ -27,31 +29,6 @@ from onelora.peft import AdaptedLinear
 from onelora.tasks.diffusion import ParameterEMA, classifier_free_guidance, guided_channel_count, to_uint8
 from onelora.tasks.generation import GenerationTask, RandomConvFeatures, VariationalBound
 from onelora.train import build_peft_model, dry_run, train
-
-CLASSES = ["apple_pie", "beignets", "ramen"]
-
-
-def write_food101(root: Path, n_train: int = 4, n_test: int = 2, seed: int = 0) -> Path:
-    """A Food-101 folder (images/<class>/<id>.jpg, meta/{classes,train,test}.txt) of tiny class-coloured JPEGs."""
-    rng = np.random.default_rng(seed)
-    folder = root / "food-101"
-    (folder / "meta").mkdir(parents=True, exist_ok=True)
-    (folder / "meta" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    lines: dict[str, list[str]] = {"train": [], "test": []}
-    ident = 1000
-    for c, name in enumerate(CLASSES):
-        (folder / "images" / name).mkdir(parents=True, exist_ok=True)
-        for split, n in (("train", n_train), ("test", n_test)):
-            for _ in range(n):
-                ident += 1
-                h, w = (70, 40) if ident % 3 == 0 else (20, 26)  # portrait, and one that takes a BOX halving
-                base = np.array([60 + 80 * c, 200 - 60 * c, 120], dtype=np.int64)
-                arr = (base + rng.integers(-30, 30, (h, w, 3))).clip(0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(folder / "images" / name / f"{ident}.jpg", quality=90)
-                lines[split].append(f"{name}/{ident}")
-    for split, entries in lines.items():
-        (folder / "meta" / f"{split}.txt").write_text("\n".join(entries) + "\n")
-    return folder
 
 
 @pytest.fixture
@@ -352,6 +329,32 @@ def test_ema_is_dits_update_and_sampling_swaps_exactly() -> None:
     assert ema.shadow["0.bias"].dtype == torch.float32 and ema.shadow["0.bias"].item() == pytest.approx(1.061)
     with pytest.raises(ConfigError, match="EMA does not hold the trained parameters"):
         ParameterEMA(model, 0.9, state={"0.weight": torch.zeros(1, 2)})
+
+
+def test_generate_guides_three_channels_by_default(tmp_path: Path) -> None:
+    spec = tiny_spec(tmp_path)
+    model = build_model(spec).eval()
+    for p in model.parameters():  # a random, non-zero output head, so the guided channels matter
+        torch.nn.init.normal_(p, std=0.2) if p.dim() > 1 else None
+    images = {}
+    for channels in (3, 4, "all"):
+        task = GenerationTask(model, spec["vae"], num_classes=3, optimizer=torch.optim.AdamW,
+                              sampler={"name": "ddpm", "steps": 2, "guidance_scale": 4.0, "guidance_channels": channels},
+                              fid={"feature": RandomConvFeatures(4), "num_samples": 8})  # fmt: skip
+        torch.manual_seed(0)  # the same tiny random VAE each time
+        task.setup("fit")
+        images[channels] = task.generate(torch.tensor([0, 1]), torch.Generator().manual_seed(3))
+    assert torch.equal(images[4], images["all"]) and not torch.allclose(images[3], images["all"])
+
+
+def test_paper_experiment_follows_dit(tmp_path: Path) -> None:
+    with hydra_cfg(tmp_path, "experiment=gen_dit_food101") as cfg:
+        m = cfg.task.module
+        assert cfg.trainer.precision == "32-true" and m.tf32 and m.ema.enabled and m.ema.decay == 0.9999
+        assert (m.sampler.name, m.sampler.steps, m.sampler.guidance_scale, m.sampler.guidance_channels) == (
+            "ddpm", 250, 1.5, 3,
+        )  # fmt: skip
+        assert m.fid.num_samples == 10_000 and cfg.trainer.max_steps == 24_000 and cfg.data.module.batch_size == 32
 
 
 def test_too_few_fid_samples_are_rejected_before_training(food: Path) -> None:
