@@ -280,6 +280,10 @@ def test_diode(diode: Path) -> None:
     assert math.isnan(s["focal"]) and s["path"].endswith("00022_00193_outdoor_000_000.png")
     s = DiodeDataset(diode, input_size=28, use_depth_mask=True)[0]
     assert int(s["mask"].sum()) == 24 * 32 - 2 - 32  # row 1 masked out by _depth_mask.npy
+    # ZoeDepth's DIODE loader resizes the image (only) to a short side of 480 first: here 16 -> 16 x int(21.3)
+    s = DiodeDataset(diode, input_size=None, short_side=16)[0]
+    assert s["image"].shape == (3, 16, 21) and s["depth"].shape == (24, 32)
+    assert torch.allclose(s["image"].mean(dim=(1, 2)), _normalised(RGB), atol=1e-5)  # constant colour stays
 
 
 # ---------------------------------------------------------------------------------------------------------------

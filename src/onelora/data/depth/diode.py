@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from ..errors import DatasetFormatError
@@ -28,7 +30,9 @@ class DiodeDataset(Dataset[dict[str, Any]]):
     The reference evaluation (ZoeDepth ``data/diode.py``) loads ``_depth_mask.npy`` but does not use it: validity
     is ``min_depth < depth < max_depth`` only. ``use_depth_mask=True`` additionally intersects the mask with it
     (the returned depth is then set to 0 outside the DIODE mask, so the mask survives the train-time rotation).
-    Defaults: outdoor range (1e-3, 80); use ``max_depth=10`` for DIODE indoor. Other arguments as in
+    ``short_side=480`` first resizes the image (not the depth) to a short side of 480 pixels, bilinearly without
+    antialiasing, as ZoeDepth's DIODE loader (``transforms.Resize(480)``, torchvision 0.14); the network input size
+    follows from there. Defaults: outdoor range (1e-3, 80); use ``max_depth=10`` for DIODE indoor. Other arguments as in
     :class:`~onelora.data.depth.split_file.SplitFileDepthDataset`; ``focal`` is NaN (not provided by DIODE files).
     """
 
@@ -45,12 +49,14 @@ class DiodeDataset(Dataset[dict[str, Any]]):
         min_depth: float = 1e-3,
         max_depth: float = 80.0,
         use_depth_mask: bool = False,
+        short_side: int | None = None,
         rotate_degrees: float = 1.0,
         hflip_p: float = 0.5,
         color_aug_p: float = 0.5,
     ) -> None:
         self.root = Path(root)
         self.use_depth_mask = use_depth_mask
+        self.short_side = short_side
         self.transform = DepthSampleTransform(
             train=train,
             input_size=input_size,
@@ -111,5 +117,18 @@ class DiodeDataset(Dataset[dict[str, Any]]):
         if self.use_depth_mask:
             # zero the depth outside the DIODE mask so it also survives the train-time rotation
             depth = torch.where(depth_mask, depth, 0.0)
-        image_t, depth_t, mask = self.transform(image, depth)
+        image_t, depth_t, mask = self.transform(self._pre_resize(image), depth)
         return {"image": image_t, "depth": depth_t, "mask": mask, "focal": float("nan"), "path": str(img_path)}
+
+    def _pre_resize(self, image: torch.Tensor) -> torch.Tensor:
+        """The uint8 image, or with ``short_side`` the float [0, 1] image resized as ZoeDepth's DIODE loader."""
+        if self.short_side is None:
+            return image
+        h, w = image.shape[-2:]
+        hw = (
+            (self.short_side, int(self.short_side * w / h))
+            if h <= w
+            else (int(self.short_side * h / w), self.short_side)
+        )
+        x = TF.to_dtype(image, torch.float32, scale=True)
+        return F.interpolate(x[None], size=hw, mode="bilinear", align_corners=False, antialias=False)[0]

@@ -70,8 +70,8 @@ class DepthDataModule(L.LightningDataModule):
             resampling (:func:`~onelora.data.depth.common.input_hw`; defaults: ZoeDepth's, the paper's recipe);
             :func:`~onelora.data.depth.common.network_input_size` gives it from the config.
         min_depth, max_depth: validity range of the masks (``max_depth=None``: the data set's default).
-        rotate_degrees, hflip_p, color_aug_p: training augmentation; ``kb_crop`` (KITTI) and ``use_depth_mask``
-            (DIODE) as in the data sets.
+        rotate_degrees, hflip_p, color_aug_p: training augmentation; ``kb_crop`` (KITTI), ``use_depth_mask`` and
+            ``short_side`` (DIODE) as in the data sets.
         batch_size: training batch size (the ground truth stays at its resolution: one size per data set);
             ``eval_batch_size``: validation batch size (default 1).
         num_workers, seed: loader workers; the training order depends on (seed, epoch) only (resumable).
@@ -102,6 +102,7 @@ class DepthDataModule(L.LightningDataModule):
         color_aug_p: float = 0.5,
         kb_crop: bool | None = None,
         use_depth_mask: bool = False,
+        short_side: int | None = None,
         batch_size: int = 16,
         eval_batch_size: int = 1,
         num_workers: int = 4,
@@ -127,7 +128,7 @@ class DepthDataModule(L.LightningDataModule):
         self.min_depth = min_depth
         self.max_depth = float(DEPTH_DEFAULTS[dataset]["max_depth"] if max_depth is None else max_depth)
         self.augment = {"rotate_degrees": rotate_degrees, "hflip_p": hflip_p, "color_aug_p": color_aug_p}
-        self.kb_crop, self.use_depth_mask = kb_crop, use_depth_mask
+        self.kb_crop, self.use_depth_mask, self.short_side = kb_crop, use_depth_mask, short_side
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed = num_workers, seed
         self.subsets = {"train": train_subset, "val": val_subset}
@@ -148,7 +149,7 @@ class DepthDataModule(L.LightningDataModule):
         if self.dataset == "diode":
             if not Path(root).is_dir():
                 raise DatasetFormatError(f"DIODE {split} folder not found: {root}{hint}")
-            ds: Dataset = DiodeDataset(root, use_depth_mask=self.use_depth_mask, **common)
+            ds: Dataset = DiodeDataset(root, use_depth_mask=self.use_depth_mask, short_side=self.short_side, **common)
         else:
             if not Path(split_file).is_file():  # type: ignore[arg-type]
                 raise DatasetFormatError(f"{self.dataset} {split} split file not found: {split_file}{hint}")
