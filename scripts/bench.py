@@ -3,6 +3,7 @@
     python scripts/bench.py                       # defaults: ~2 min on 2 CPU cores
     python scripts/bench.py --device cuda --dtype bfloat16 --vit-hidden 768 --llama-hidden 4096 --llama-layers 2
     python scripts/bench.py --layers              # one linear layer: BitFit, the paper's listing, merged-weight, ours
+    python scripts/bench.py --models qlora        # only the 4-bit (bitsandbytes NF4) Llama stack: 1LoRA vs LoRA r=1
 
 Writes results/bench/<model>.csv and .md (the table the README shows) and prints them.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import platform
 import sys
@@ -18,7 +20,17 @@ from pathlib import Path
 
 import torch
 
-from onelora.bench import OURS, PEERS, layer_benchmark, llama_stack, markdown_table, run_benchmark, vit_stack
+from onelora.bench import (
+    OURS,
+    PEERS,
+    layer_benchmark,
+    llama_stack,
+    markdown_table,
+    qlora_benchmark,
+    qlora_table,
+    run_benchmark,
+    vit_stack,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +43,7 @@ def machine(device: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="vit,llama")
+    ap.add_argument("--models", default="vit,llama,qlora", help="qlora: the Llama stack quantized to 4 bits")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--repeats", type=int, default=5)
@@ -69,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         "llama": lambda: llama_stack(args.llama_hidden, args.llama_layers, args.llama_batch, args.llama_seq),
     }
     for name in args.models.split(","):
+        if name == "qlora":
+            _qlora(args, out)
+            continue
         if name not in specs:
-            print(f"bench: unknown model {name!r}; valid: {', '.join(specs)}", file=sys.stderr)
+            print(f"bench: unknown model {name!r}; valid: {', '.join(specs)}, qlora", file=sys.stderr)
             return 2
         spec = specs[name]()
         rows = run_benchmark(spec, methods, peers, args.repeats, args.device, dtype)
@@ -79,6 +94,25 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{spec.name}.md").write_text(table)
         print(f"\n{table}")
     return 0
+
+
+def _qlora(args: argparse.Namespace, out: Path) -> None:
+    """1LoRA vs LoRA r=1 on the Llama stack with 4-bit (NF4) weights, where bitsandbytes runs."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend notes an optional kernel it lacks
+    try:
+        import bitsandbytes
+    except ImportError:
+        print("bench: bitsandbytes is not installed; the 4-bit (qlora) comparison is skipped")
+        return
+    spec = llama_stack(args.llama_hidden, args.llama_layers, args.llama_batch, args.llama_seq)
+    rows = qlora_benchmark(spec, repeats=args.repeats)
+    _write_csv(out / f"{rows[0]['model']}.csv", rows)
+    table = (
+        f"{rows[0]['model']}: Llama stack, weights NF4 (bitsandbytes {bitsandbytes.__version__}), fp32 compute and "
+        f"adapters, {args.repeats} interleaved repeats; {machine('cpu')}\n\n{qlora_table(rows)}\n"
+    )
+    (out / f"{rows[0]['model']}.md").write_text(table)
+    print(f"\n{table}")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -154,3 +154,20 @@ def test_refused_up_front_never_wrapped():
         apply_peft(emb, "onelora", target_modules=["0", "up"])
     assert model._modules == before and not hasattr(model, "peft_config") and not hasattr(emb, "peft_config")
     assert not any(isinstance(m, AdaptedQuantized) for m in emb.modules())
+
+
+def test_qlora_bench_tiny_llama():
+    """`make bench`'s 4-bit Llama stack: 1LoRA vs LoRA r=1 on NF4 weights, with exact counts and ratios to LoRA."""
+    from onelora.bench import llama_stack, qlora_benchmark, qlora_table
+
+    spec = llama_stack(hidden=32, layers=2, batch=2, seq=16)
+    rows = {r["method"]: r for r in qlora_benchmark(spec, repeats=1)}
+    # per layer (k -> d): q, k, v, o 32 -> 32 (one head of 32), gate, up 32 -> 86, down 86 -> 32
+    shapes = [(32, 32)] * 4 + [(32, 86), (32, 86), (86, 32)]
+    assert rows["onelora"]["trainable_params"] == rows["bitfit"]["trainable_params"] == 2 * sum(d for _, d in shapes)
+    assert rows["lora"]["trainable_params"] == 2 * sum(k + d for k, d in shapes)
+    assert rows["lora"]["step_ratio_lora"] == rows["lora"]["saved_ratio_lora"] == 1.0
+    # 1LoRA keeps one scalar per token and layer for backward, LoRA the rank-1 activation and (for A) the input
+    assert rows["bitfit"]["saved_bytes"] < rows["onelora"]["saved_bytes"] < rows["lora"]["saved_bytes"]
+    assert rows["onelora"]["state_ratio_lora"] < 1
+    assert qlora_table(list(rows.values())).count("\n") == 4

@@ -266,3 +266,85 @@ def layer_benchmark(shapes: list[tuple[int, int, int]], repeats: int = 31) -> li
             out.append({"tokens": tokens, "k": k, "d": d, "variant": name, "ms": 1e3 * statistics.median(ts),
                         "ratio_bitfit": statistics.median(ts) / ref})  # fmt: skip
     return out
+
+
+def quantize_4bit(model: nn.Module) -> nn.Module:
+    """Every nn.Linear replaced by a bitsandbytes NF4 Linear4bit with the same weights (fp32 compute on CPU)."""
+    import bitsandbytes as bnb
+
+    for name, mod in list(model.named_modules()):
+        if type(mod) is nn.Linear:
+            q = bnb.nn.Linear4bit(mod.in_features, mod.out_features, bias=mod.bias is not None,
+                                  compute_dtype=torch.float32, quant_type="nf4")  # fmt: skip
+            q.load_state_dict(mod.state_dict())
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, q)
+    return model.to("cpu")  # quantizes the weights
+
+
+def qlora_benchmark(spec: BenchModel, methods: tuple[str, ...] = ("bitfit", "onelora", "lora"), repeats: int = 5,
+                    seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    """QLoRA-style training on a 4-bit (NF4) stack: step time, saved activations and state, as ratios to LoRA r=1.
+
+    Each method is put on its own freshly quantized copy (the same weights) and trained with AdamW; the adapted
+    layers call bitsandbytes' forward and add the method's term (onelora.peft's generic quantized path).
+    """
+    rows: dict[str, Row] = {}
+    inputs = spec.inputs(torch.device("cpu"), torch.float32)
+    for method in methods:
+        torch.manual_seed(seed)
+        options = {"rank": 1} if method == "lora" else {}
+        model = apply_peft(quantize_4bit(spec.build()), method, seed=seed, **options)
+        row = rows[method] = Row("onelora", method, model.train())
+        row.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 1e-3)
+        row.saved_bytes = saved_activation_bytes(lambda m=model: spec.loss(m(**inputs)), model)
+        model.zero_grad(set_to_none=True)
+        row.state_bytes = state_bytes(model)
+    optimizers = {m: torch.optim.AdamW([p for p in r.model.parameters() if p.requires_grad], lr=1e-6)
+                  for m, r in rows.items()}  # fmt: skip
+
+    def step(method: str) -> float:
+        t0 = time.perf_counter()
+        spec.loss(rows[method].model(**inputs)).backward()
+        optimizers[method].step()
+        optimizers[method].zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    for m in rows:  # warm-up
+        step(m)
+    for i in range(repeats):
+        for m in rows if i % 2 == 0 else list(rows)[::-1]:
+            rows[m].step_s.append(step(m))
+    lora = rows["lora"]
+    lora_step = statistics.median(lora.step_s)
+    return [
+        {
+            "model": f"{spec.name}_nf4",
+            "method": m,
+            "trainable_params": r.trainable,
+            "step_ms": 1e3 * statistics.median(r.step_s),
+            "saved_bytes": r.saved_bytes,
+            "state_bytes": r.state_bytes,
+            "step_ratio_lora": statistics.median(r.step_s) / lora_step,
+            "saved_ratio_lora": r.saved_bytes / max(lora.saved_bytes, 1),
+            "state_ratio_lora": r.state_bytes / max(lora.state_bytes, 1),
+            "repeats": repeats,
+        }  # fmt: skip
+        for m, r in rows.items()
+    ]
+
+
+def qlora_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| method | trainable | step [ms] | ×LoRA | saved act. [MiB] | ×LoRA | state [MiB] | ×LoRA |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['trainable_params']:,} | {r['step_ms']:.1f} | {r['step_ratio_lora']:.3f} | "
+            f"{r['saved_bytes'] / 2**20:.1f} | {r['saved_ratio_lora']:.3f} | {r['state_bytes'] / 2**20:.1f} | "
+            f"{r['state_ratio_lora']:.3f} |"
+        )
+    return "\n".join(lines)
