@@ -325,6 +325,15 @@ class ParameterCount:
         return {**asdict(self), "peft": self.peft, "head": self.head}
 
 
+def _in_hf_tuner(model: nn.Module, mname: str) -> bool:
+    """True for the parts an HF peft tuner layer adds (its `adapter_layer_names`: lora_A, miss_block, ...)."""
+    parts = mname.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] in getattr(model.get_submodule(".".join(parts[:i])), "adapter_layer_names", ()):
+            return True
+    return False
+
+
 def _owner_groups(model: nn.Module, heads: list[str]) -> dict[int, str]:
     """Map each parameter (by identity) to its group: adapter, bias, gamma, norms, head or weights.
 
@@ -337,7 +346,7 @@ def _owner_groups(model: nn.Module, heads: list[str]) -> dict[int, str]:
                 g = "head"
             elif isinstance(mod, AdaptedLayer) and pname in ("bias", "gamma"):
                 g = pname
-            elif "adapter" in mname.split("."):
+            elif "adapter" in mname.split(".") or _in_hf_tuner(model, mname):
                 g = "adapter"
             elif _is_norm(mod):
                 g = "norms"
@@ -362,7 +371,7 @@ def count_parameters(model: nn.Module) -> ParameterCount:
             trainable += p.numel()
             g = owner.get(id(p), "weights")
             groups[g] = groups.get(g, 0) + p.numel()
-    adapted = sum(isinstance(m, AdaptedLayer) for m in model.modules())
+    adapted = sum(isinstance(m, AdaptedLayer) or bool(getattr(m, "adapter_layer_names", ())) for m in model.modules())
     return ParameterCount(trainable, total, adapted, groups)
 
 

@@ -17,6 +17,7 @@ whose lora_A are all ones is 1LoRA too, so a 1LoRA adapter round-trips as 1LoRA)
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from typing import Any
@@ -97,14 +98,36 @@ def _head_modules(model: nn.Module, heads: list[str]) -> dict[str, nn.Module]:
 
 
 def to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
-    """The peft config object and the tensors of `model`'s adapter, keyed as peft saves them."""
+    """The peft config object and the tensors of `model`'s adapter and trained head, keyed as peft saves them."""
     global _warned_heads
-    peft = _peft()
     cfg = model.peft_config
-    if cfg["method"].startswith("hf_"):
+    if cfg["method"].startswith("hf_"):  # built by peft itself: its own config and state dict
         from .hf import hf_adapter
 
-        return hf_adapter(model)
+        config, tensors = hf_adapter(model)
+        config = copy.copy(config)
+    else:
+        config, tensors = _adapter_to_peft(model)
+    heads = _head_modules(model, list(cfg.get("head") or []))
+    config.modules_to_save = list(heads) or None
+    config.base_model_name_or_path = getattr(getattr(model, "config", None), "name_or_path", None) or None
+    config.inference_mode = True
+    for hname, head in heads.items():
+        for pname, t in head.state_dict().items():
+            tensors[f"{PREFIX}{hname}.{pname}"] = t.detach()
+    if heads and not _warned_heads:
+        _warned_heads = True
+        warnings.warn(
+            "the adapter carries a trained head (modules_to_save): peft loads it, but vLLM refuses such adapters",
+            UserWarning,
+            stacklevel=3,
+        )
+    return config, tensors
+
+
+def _adapter_to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
+    peft = _peft()
+    cfg = model.peft_config
     method = resolve_method(cfg["method"])
     if method.full:
         raise PeftError(
@@ -128,12 +151,7 @@ def to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
         )
     heads, with_bias = list(cfg.get("head") or []), "bias" in method.extras
     kinds = {type(m.adapter).__name__ for m in layers.values()}
-    common: dict[str, Any] = {
-        "target_modules": _target_modules(model, list(layers), heads),
-        "modules_to_save": list(_head_modules(model, heads)) or None,
-        "base_model_name_or_path": getattr(getattr(model, "config", None), "name_or_path", None) or None,
-        "inference_mode": True,
-    }
+    common: dict[str, Any] = {"target_modules": _target_modules(model, list(layers), heads)}
     opts = cfg.get("options", {})
     tensors: dict[str, Tensor] = {}
     if kinds == {"VeRA"}:
@@ -182,16 +200,6 @@ def to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
             rank_pattern={re.escape(n): v for n, v in ranks.items() if v != r},
             alpha_pattern={re.escape(n): v for n, v in alphas.items() if v != alpha},
             **common,
-        )
-    for hname, head in _head_modules(model, heads).items():
-        for pname, t in head.state_dict().items():
-            tensors[f"{PREFIX}{hname}.{pname}"] = t.detach()
-    if common["modules_to_save"] and not _warned_heads:
-        _warned_heads = True
-        warnings.warn(
-            "the adapter carries a trained head (modules_to_save): peft loads it, but vLLM refuses such adapters",
-            UserWarning,
-            stacklevel=3,
         )
     return config, tensors
 
