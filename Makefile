@@ -35,9 +35,9 @@ bench: $(STAMP)
 sweep: $(STAMP)
 	$(PY) scripts/sweep.py $(EXP) $(ARGS)
 
-# Scans the manifest's run dirs (or RUNS="dir1 dir2") and writes results/$(EXP)/.
+# Scans the manifest's run dirs (or RUNS="dir1 dir2") and writes results/<manifest name>/; EXP may be a path.
 report: $(STAMP)
-	$(PY) scripts/report.py $(RUNS) --experiment $(EXP) --out results/$(EXP)
+	$(PY) scripts/report.py $(RUNS) --experiment $(EXP) --out results/$(basename $(notdir $(EXP)))
 
 paper-figures: $(STAMP)
 	$(PY) scripts/paper_figures.py

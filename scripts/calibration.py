@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     preds = load_predictions(args.runs)
     if args.methods:
-        preds = {m: preds[m] for m in args.methods.split(",") if m in preds}
+        wanted = [m for m in args.methods.split(",") if m]
+        missing = [m for m in wanted if m not in preds]
+        if missing:  # said, not dropped silently: the figure shows only what was found
+            print(f"calibration: no run with predictions.pt for {', '.join(missing)} under "
+                  f"{', '.join(map(str, args.runs))} (found: {', '.join(preds) or 'none'})", file=sys.stderr)  # fmt: skip
+        preds = {m: preds[m] for m in wanted if m in preds}
     if not preds:
         print(f"calibration: no predictions.pt with a result.json under {', '.join(map(str, args.runs))}; "
               "classification runs write them at the end of fitting", file=sys.stderr)  # fmt: skip

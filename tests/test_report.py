@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import runpy
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -222,3 +223,51 @@ def test_figures_notebook_executes():
         o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})
     ]
     assert len(images) >= 20  # the paper's 11 bubble + memory pairs
+
+
+def test_one_configuration_per_method_or_a_conflict(tmp_path):
+    """The same method and seed under two override sets: the manifest's set is used and the other set aside; with
+    neither set the manifest's, nothing is averaged and the conflict is listed (never the newest chosen)."""
+    d = tmp_path / "runs"
+    lr = ["experiment=cls_cifar10", "peft=onelora", "task.optimizer.lr=0.01"]
+    for seed, acc in [(0, 0.90), (1, 0.92)]:
+        write(d, record("onelora", seed, acc=acc, overrides=[*lr[:2], f"seed={seed}"]), "onelora", seed)
+    other = record("onelora", 0, acc=0.50, overrides=[*lr, "seed=0", "paths.log_dir=/elsewhere"])
+    path = d / "onelora" / "seed0" / "task.optimizer.lr=0.01" / "result.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(other))  # newest, ok, but another learning rate
+    rep = write_report([d], tmp_path / "out", manifest_for(d, methods=["onelora"]))
+    s = rep.summary.set_index("method")
+    assert s.loc["onelora", "metric_mean"] == pytest.approx(91.0) and s.loc["onelora", "n_ok"] == 2
+    assert any("set aside 1 record(s) of onelora" in c and "task.optimizer.lr=0.01" in c for c in rep.coverage)
+
+    # the manifest asks for lr=0.001: neither set is it, so neither is averaged
+    rep = write_report(
+        [d], tmp_path / "out2", manifest_for(d, methods=["onelora"], overrides=["task.optimizer.lr=0.001"])
+    )
+    s = rep.summary.set_index("method")
+    assert s.loc["onelora", "n_ok"] == 0 and math.isnan(s.loc["onelora", "metric_mean"])
+    cov = "\n".join(rep.coverage)
+    assert "conflict: onelora has ok runs under 2 configurations" in cov
+    assert "[no overrides] seeds 0, 1" in cov and "[task.optimizer.lr=0.01] seeds 0" in cov
+
+
+def test_calibration_names_the_requested_methods_without_runs(tmp_path, capsys):
+    import torch
+
+    run = tmp_path / "runs" / "lora" / "seed0"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps(record("lora", 0, acc=0.5)))
+    torch.save({"confidence": torch.tensor([0.9, 0.6]), "correct": torch.tensor([1.0, 0.0]),
+                "loss": torch.tensor([0.1, 0.9])}, run / "predictions.pt")  # fmt: skip
+    main = runpy.run_path(str(ROOT / "scripts" / "calibration.py"), run_name="calibration")["main"]
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--methods", "full,lora,onelora"]) == 0
+    err = capsys.readouterr().err
+    assert "no run with predictions.pt for full, onelora under" in err and "(found: lora)" in err
+    assert (tmp_path / "out" / "calibration.csv").read_text().splitlines()[1].startswith("lora,2,")
+
+
+def test_make_report_takes_a_manifest_by_path():
+    out = subprocess.run(["make", "-n", "report", "EXP=some/where/fig6.yaml"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60).stdout  # fmt: skip
+    assert "scripts/report.py  --experiment some/where/fig6.yaml --out results/fig6" in out

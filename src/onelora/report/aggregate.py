@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
-from .manifest import PAPER_DIR, Group, Manifest, metric_from
+from ..record import effective_status
+from .manifest import PAPER_DIR, ROOT, Group, Manifest, metric_from
 
 RECORD = "result.json"
 OK = "ok"
@@ -28,6 +30,29 @@ METHOD_ORDER = (
 )  # fmt: skip
 
 Record = tuple[Path, dict[str, Any] | None]
+
+
+def sweep_axes() -> frozenset[str]:
+    """Override keys that do not change what a run computes: the sweep's axes (peft, seed) and where things are
+    (paths, devices): the keys the run-folder names leave out (configs/hydra/default.yaml, exclude_keys)."""
+    try:
+        spec = yaml.safe_load((ROOT / "configs" / "hydra" / "default.yaml").read_text())
+        keys = spec["job"]["config"]["override_dirname"]["exclude_keys"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        keys = []
+    return frozenset({"peft", "seed", "experiment", "name", "rerun", *map(str, keys)})
+
+
+def config_key(overrides: Any, axes: frozenset[str] = frozenset()) -> str:
+    """A run's configuration beyond the sweep's axes: its other overrides, sorted ("" when there are none)."""
+    if not isinstance(overrides, list):
+        return ""
+    kept = set()
+    for o in map(str, overrides):
+        key = o.lstrip("+").split("=", 1)[0]
+        if key not in axes and not key.startswith(("hydra.", "hydra/", "paths.")):
+            kept.add(o.lstrip("+"))
+    return " ".join(sorted(kept))
 
 
 def read_records(dirs: Iterable[Path]) -> list[Record]:
@@ -113,13 +138,14 @@ def load_runs(records: Sequence[Record], manifest: Manifest) -> pd.DataFrame:
     """One row per record: where it is, which (transfer, method, seed), its status, metrics, time, memory, params."""
     names = {g.experiment for g in manifest.groups}
     by_name = any(r and r.get("name") in names for _, r in records)
+    axes = sweep_axes()
     rows = []
     for path, r in records:
         method, seed = path_key(path)
         row: dict[str, Any] = {"path": str(path), "transfer": _group_of(path, r, manifest, by_name), "method": method,
                                "seed": seed, "mtime": path.stat().st_mtime if path.exists() else 0.0}  # fmt: skip
         if r is None:
-            rows.append(row | {"status": "unreadable", "error": "corrupt or partial JSON"})
+            rows.append(row | {"status": "unreadable", "error": "corrupt or partial JSON", "config": ""})
             continue
         total = r.get("time_total_s")
         if total is None and r.get("time_train_s") is not None:
@@ -127,7 +153,8 @@ def load_runs(records: Sequence[Record], manifest: Manifest) -> pd.DataFrame:
         row.update(
             method=str(r.get("peft", method)),
             seed=r.get("seed", seed),
-            status=str(r.get("status", "unknown")),
+            status=effective_status(r),  # `running` whose process is gone on this host: interrupted
+            config=config_key(r.get("overrides"), axes),
             error=r.get("error"),
             time_s=_number(total),
             peak_mem_frac=_number(r.get("peak_mem_frac")),
@@ -137,10 +164,10 @@ def load_runs(records: Sequence[Record], manifest: Manifest) -> pd.DataFrame:
         )
         rows.append(row)
     df = pd.DataFrame(rows)
-    for col in ("status", "error", "time_s", "peak_mem_frac", "peak_mem_bytes", "peft_params", "trainable_params",
+    for col in ("status", "error", "config", "time_s", "peak_mem_frac", "peak_mem_bytes", "peft_params", "trainable_params",
                 "total_params", *(f"v_{m.name}" for m in manifest.metrics)):  # fmt: skip
         if col not in df:
-            df[col] = math.nan if col not in ("status", "error") else None
+            df[col] = math.nan if col not in ("status", "error", "config") else None
     df["usable"] = (df.status == OK) & df[f"v_{manifest.metric.name}"].notna()
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
     return df
@@ -158,6 +185,8 @@ def select(runs: pd.DataFrame, manifest: Manifest) -> tuple[pd.DataFrame, list[s
     for method, n in extra.groupby("method", dropna=False).size().items():
         notes.append(f"ignored {n} record(s) of method {method} (not in this manifest)")
     runs = runs.drop(extra.index)
+    runs, conflict_notes = separate_configs(runs, manifest)
+    notes += conflict_notes
     # the same seed twice (e.g. two override sets in one sweep dir): keep an ok one, then the newest
     runs = runs.assign(_rank=runs.usable.astype(int)).sort_values(["_rank", "mtime", "path"])
     dup = runs.duplicated(["transfer", "method", "seed"], keep="last") & runs.seed.notna()
@@ -166,6 +195,39 @@ def select(runs: pd.DataFrame, manifest: Manifest) -> tuple[pd.DataFrame, list[s
         keep = kept[(kept.transfer == r.transfer) & (kept.method == r.method) & (kept.seed == r.seed)].path.iloc[0]
         notes.append(f"duplicate of {r.method} seed {r.seed} ({r.status}), not used: {r.path} (kept {keep})")
     return kept, notes
+
+
+def separate_configs(runs: pd.DataFrame, manifest: Manifest) -> tuple[pd.DataFrame, list[str]]:
+    """One configuration per (transfer, method): the ok runs are grouped by their overrides beyond the sweep's axes.
+
+    One configuration: kept. Several, one of them the manifest group's own overrides: that one is kept and the
+    others are set aside (noted). Several, none the manifest's: a conflict; no run of that method is averaged,
+    each is listed with status `conflict` (the table never mixes two configurations, nor picks one silently)."""
+    notes: list[str] = []
+    axes = sweep_axes()
+    expected = {g.transfer: config_key(list(g.overrides), axes) for g in manifest.groups}
+    drop: list[Any] = []
+    runs = runs.copy()
+    for (transfer, method), sel in runs[runs.usable].groupby(["transfer", "method"], sort=False):
+        configs = sel.groupby("config", sort=True).seed.apply(lambda s: sorted(int(x) for x in s.dropna()))
+        if len(configs) < 2:
+            continue
+        where = f"{transfer} {method}" if len(manifest.transfers) > 1 else method
+        listing = "; ".join(
+            f"[{c or 'no overrides'}] seeds {', '.join(map(str, seeds))}" for c, seeds in configs.items()
+        )
+        mine = runs[(runs.transfer == transfer) & (runs.method == method)]
+        if expected.get(transfer) in configs.index:
+            other = mine[mine.config != expected[transfer]]
+            drop += list(other.index)
+            notes.append(f"set aside {len(other)} record(s) of {where} under other overrides than the manifest's "
+                         f"({listing})")  # fmt: skip
+        else:
+            runs.loc[mine[mine.usable].index, ["status", "usable", "error"]] = [
+                "conflict", False, f"{where} has ok runs under {len(configs)} configurations: {listing}"]  # fmt: skip
+            notes.append(f"conflict: {where} has ok runs under {len(configs)} configurations ({listing}); none is "
+                         "averaged: report each configuration from its own runs dir, or move the other runs aside")  # fmt: skip
+    return runs.drop(drop), notes
 
 
 def summarize(runs: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:

@@ -1,0 +1,198 @@
+"""Records that tell the truth: `running` while a run runs and `interrupted` once its process is gone, one process per
+run directory, a sweep that runs every job and group and counts the failures, an unwritable log directory as one
+line, the data set checked before any weight, the hub offline when its files are local, a curve whole after resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import yaml
+from helpers import ROOT, hydra_cfg, write_cifar10
+
+from onelora.errors import DatasetFormatError, RunDirError
+from onelora.record import LOCK, acquire_lock, effective_status, read_record, release_lock
+from onelora.report import write_report
+from onelora.train import train
+
+HOST = socket.gethostname()
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "HF_HUB_OFFLINE": "1"}
+
+
+class RecordProbe(L.Callback):
+    """Reads the run's result.json while the run trains (built by Hydra from +callbacks.probe)."""
+
+    seen: list[dict | None] = []
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        RecordProbe.seen.append(read_record(self.path))
+
+
+@pytest.fixture
+def cifar(tmp_path: Path) -> Path:
+    write_cifar10(tmp_path / "data" / "cifar_synthetic")
+    return tmp_path
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: the pid names no process now
+    return proc.pid
+
+
+def test_running_record_then_a_resume_keeps_the_whole_curve(cifar: Path) -> None:
+    run = cifar / "run"
+    probe = ["+callbacks.probe._target_=test_records.RecordProbe", f"+callbacks.probe.path={run / 'result.json'}"]
+    RecordProbe.seen = []
+    with hydra_cfg(cifar, "experiment=smoke_classification", "trainer.max_epochs=1", *probe) as cfg:
+        first, _ = train(cfg)
+    during = RecordProbe.seen[0]
+    assert during["status"] == "running" and during["pid"] == os.getpid() and during["host"] == HOST
+    assert during["started_at"] and during["peft"] == "onelora" and first["status"] == "ok"
+    assert not (run / LOCK).exists()  # released at the end
+    before = _rows(run / "csv" / "metrics.csv")
+    assert {r["epoch"] for r in before} == {"0"}
+
+    # the run ended badly after epoch 0 (its record not ok): re-running resumes from the epoch-0 checkpoint
+    (run / "result.json").write_text(json.dumps(first | {"status": "failed"}))
+    with hydra_cfg(cifar, "experiment=smoke_classification", "trainer.max_epochs=2") as cfg:
+        second, _ = train(cfg)
+    after = _rows(run / "csv" / "metrics.csv")
+    assert second["status"] == "ok"
+    assert after[: len(before)] == before  # epoch 0's rows kept as they were (Lightning's writer deletes them)
+    assert {r["epoch"] for r in after[len(before) :]} == {"1"}
+    steps = [int(r["step"]) for r in after]
+    assert steps == sorted(steps) and int(after[len(before)]["step"]) == 4  # epoch 1 starts at step 4 (4 batches)
+
+
+def test_a_record_whose_process_is_gone_reads_interrupted(tmp_path: Path) -> None:
+    dead = _dead_pid()
+    base = {"task": "classification", "peft": "onelora", "data": "cifar10", "name": "x", "metric_name": "accuracy",
+            "metric_direction": "max", "metric_best": None, "metrics": {}}  # fmt: skip
+    records = {0: {"pid": dead, "host": HOST}, 1: {"pid": os.getpid(), "host": HOST}, 2: {"pid": dead, "host": "gpu7"}}
+    for seed, who in records.items():
+        path = tmp_path / "runs" / "onelora" / f"seed{seed}" / "result.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(base | who | {"seed": seed, "status": "running"}))
+    assert effective_status(base | records[0] | {"status": "running"}) == "interrupted"
+    assert effective_status(base | records[0] | {"status": "ok"}) == "ok"
+    cov = "\n".join(write_report([tmp_path / "runs"], tmp_path / "out").coverage)
+    assert "interrupted: onelora seed 0" in cov
+    assert "running: onelora seed 1" in cov  # this process: alive
+    assert "running: onelora seed 2" in cov  # another host: cannot tell, so not called dead
+
+
+def test_a_second_process_is_refused_and_a_stale_lock_is_not(cifar: Path) -> None:
+    run = cifar / "run"
+    run.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (run / LOCK).write_text(json.dumps({"pid": other.pid, "host": HOST, "started_at": "2026-01-01T00:00:00"}))
+        theirs = json.dumps({"status": "running", "pid": other.pid, "host": HOST})
+        (run / "result.json").write_text(theirs)
+        with hydra_cfg(cifar, "experiment=smoke_classification") as cfg:
+            with pytest.raises(RunDirError, match=f"in use by process {other.pid} on {HOST}"):
+                train(cfg)
+        assert (run / "result.json").read_text() == theirs  # the refused process wrote nothing over it
+    finally:
+        other.kill()
+        other.wait()
+    lock = acquire_lock(run)  # its process is gone: the lock does not block
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    release_lock(lock)
+    assert not lock.exists()
+
+
+def test_an_unwritable_log_directory_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for mode in ([], ["-m", "peft=onelora,lora"]):
+        proc = subprocess.run([sys.executable, str(ROOT / "run.py"), *mode, "experiment=quickstart",
+                               f"paths.log_dir={blocker / 'logs'}"], capture_output=True, text=True, cwd=ROOT,
+                              env=ENV, timeout=120)  # fmt: skip
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"error: cannot write the log directory {blocker / 'logs'}")
+        assert "paths.log_dir=" in lines[0]
+
+
+def test_a_multirun_records_each_failure_and_goes_on(cifar: Path) -> None:
+    """Both jobs end in a user error (an option neither method has): each failure is in the job's own result.json,
+    the second job runs after the first failed, and the exit code counts the jobs that did not end ok."""
+    logs = cifar / "logs"
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "experiment=smoke_classification",
+                           "peft=bitfit,onelora", "++peft.options.no_such_option=1", f"paths.data_dir={cifar / 'data'}",
+                           f"paths.log_dir={logs}"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)  # fmt: skip
+    records = {p.parts[-4]: json.loads(p.read_text()) for p in logs.rglob("result.json")}
+    assert set(records) == {"bitfit", "onelora"}, proc.stderr[-3000:]
+    for method, record in records.items():
+        assert record["status"] == "failed" and "takes no option no_such_option" in record["error"], method
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "bitfit" in errors[0] and "onelora" in errors[1]  # one line each, no traceback
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+
+
+def test_a_sweep_runs_every_group(tmp_path: Path) -> None:
+    """Two groups whose multiruns both fail at once (no such experiment): the second still runs."""
+    manifest = tmp_path / "two_groups.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "title": "two groups", "methods": ["lora"], "seeds": [0], "metric": {"name": "accuracy"},
+        "groups": [{"experiment": "no_such_experiment_a", "transfer": "a"},
+                   {"experiment": "no_such_experiment_b", "transfer": "b"}]}))  # fmt: skip
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep.py"), str(manifest),
+                           f"paths.log_dir={tmp_path / 'logs'}"], capture_output=True, text=True, cwd=ROOT, env=ENV,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode != 0
+    for name in ("no_such_experiment_a", "no_such_experiment_b"):  # Hydra's own error, from each group's multirun
+        assert f"experiment/{name}" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_missing_data_is_said_before_any_weight_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onelora.train
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the data set was checked")
+
+    monkeypatch.setattr(onelora.train, "build_model", no_weights)
+    monkeypatch.setattr(onelora.train, "ensure_pretrained", no_weights)
+    with hydra_cfg(tmp_path, "task=mde", "peft=onelora") as cfg:
+        with pytest.raises(DatasetFormatError, match=r"data nyu: .*/data/nyu/sync not found \(train_root\)"):
+            train(cfg)
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "failed" and "DatasetFormatError" in record["error"]
+
+
+def test_the_hub_goes_offline_when_the_files_are_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from onelora.preflight import offline_if_cached
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with hydra_cfg(tmp_path, "task=mde", "model=depth_anything_small") as cfg:
+        assert offline_if_cached(cfg) is False and constants.HF_HUB_OFFLINE is False  # not cached: the hub is needed
+        # the hub cache's layout: models--<org>--<name>/snapshots/<revision>/<file>, refs/main -> <revision>
+        repo = tmp_path / "hub" / "models--depth-anything--Depth-Anything-V2-Metric-Indoor-Small-hf"
+        (repo / "snapshots" / "abc123").mkdir(parents=True)
+        (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("abc123")
+        assert offline_if_cached(cfg) is True
+    assert constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
