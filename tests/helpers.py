@@ -67,3 +67,26 @@ class KillAtEpochStart:
                     os.kill(os.getpid(), signal.SIGKILL)
 
         return _Kill()
+
+
+class SignalAtStep:
+    """A Lightning callback (duck-typed) that sends `signal` (a name: SIGKILL, SIGTERM, SIGUSR2) to its own process
+    when training step `step` ends: a real signal at a known point. With `once`, a marker file makes it fire once
+    (a requeued job runs the same callback again)."""
+
+    def __new__(cls, step: int, signal: str, once: str | None = None):  # noqa: D102 (built through Hydra's _target_)
+        import os
+        import signal as signals
+        from pathlib import Path
+
+        import lightning as L
+
+        class _Signal(L.Callback):
+            def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+                if trainer.global_step != step or (once and Path(once).exists()):
+                    return
+                if once:
+                    Path(once).touch()
+                os.kill(os.getpid(), getattr(signals, signal))
+
+        return _Signal()

@@ -6,11 +6,16 @@ run's pretrained source, or from its seed for architecture-only models, exactly 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 
-class RunError(ValueError):
+log = logging.getLogger("onelora")
+
+
+class RunError(UserError):
     """A run directory that cannot be rebuilt (one clear line)."""
 
 
@@ -61,11 +66,114 @@ def load_run(run_dir: Path, ckpt: Path | None = None, config: Path | None = None
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # random-init models: the same frozen weights
     model, _ = build_peft_model(cfg)
     task = instantiate(cfg.task.module, model=model, optimizer=None, scheduler=None)
-    missing, unexpected = task.load_state_dict(checkpoint_state(ckpt), strict=False)
-    trainable = {f"model.{n}" for n, p in model.named_parameters() if p.requires_grad}
-    absent = sorted(trainable & set(missing))
-    if absent or unexpected:
-        raise RunError(
-            f"checkpoint {ckpt} does not match the run's model: missing {absent[:3]}, unexpected {list(unexpected)[:3]}"
-        )
+    state = checkpoint_state(ckpt)
+    check_trained_keys(ckpt, state, trained_keys(task), set(task.state_dict()))
+    task.load_state_dict(state, strict=False)
     return cfg, model, task
+
+
+def trained_keys(task: Any) -> set[str]:
+    """The state-dict keys of what the task's model trains (what a checkpoint must hold)."""
+    return {f"model.{n}" for n, p in task.model.named_parameters() if p.requires_grad}
+
+
+# --- resuming a run: the newest checkpoint that loads and fits the model -------------------------------------
+def check_trained_keys(ckpt: Path, keys: Any, trainable: set[str], known: set[str] | None = None) -> None:
+    """A checkpoint must hold every tensor the model trains (and, given `known`, nothing the model lacks).
+
+    A missing tensor would silently stay at its initial value (a model config's targets changed between a
+    preemption and its requeue, a checkpoint of another run); one line names the keys instead.
+    """
+    keys = set(keys)
+    missing = sorted(trainable - keys)
+    unexpected = sorted(keys - known) if known is not None else []
+    if missing or unexpected:
+
+        def some(names: list[str]) -> str:
+            return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+        parts = ([f"lacks {len(missing)} trained tensor(s) of the model: {some(missing)}"] if missing else []) + (
+            [f"holds {len(unexpected)} tensor(s) the model does not have: {some(unexpected)}"] if unexpected else []
+        )
+        raise RunError(
+            f"checkpoint {ckpt} does not match the run's model: {'; '.join(parts)}; the model or method config "
+            "changed since it was saved (rerun=true starts afresh and keeps the old checkpoints aside)"
+        )
+
+
+def _peek(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint's contents without reading its tensors (memory-mapped): fails on a damaged file."""
+    import torch
+
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+
+
+def resume_checkpoint(
+    ckpt_dir: Path, trainable: set[str] | None = None, known: set[str] | None = None, set_aside: bool = True
+) -> Path | None:
+    """The checkpoint to resume from: the newest in `ckpt_dir` (by training step) that loads, else None.
+
+    `last.ckpt` is where Lightning points, but not the only candidate: a kill between deleting the previous
+    checkpoint and re-linking `last.ckpt` leaves the link dangling next to a newer file, and a truncated file
+    (disk full, a copy cut short) does not load. Unreadable files are set aside as `<name>.unreadable` and named
+    in one line (by one process: `set_aside`). A DeepSpeed checkpoint (a folder) is taken as it is. The chosen checkpoint must hold every
+    tensor in `trainable` (`check_trained_keys`).
+    """
+    last = ckpt_dir / "last.ckpt"
+    if last.is_dir():
+        return last
+    if not ckpt_dir.is_dir():
+        return None
+    files = sorted((p for p in ckpt_dir.glob("*.ckpt") if p.is_file() and not p.is_symlink()), key=_mtime)
+    link = last.resolve() if last.is_symlink() else None
+    loadable: list[tuple[int, float, Path, dict[str, Any]]] = []
+    bad: list[str] = []
+    for path in files:
+        try:
+            ckpt = _peek(path)
+            step = int(ckpt["global_step"])
+        except Exception as e:  # any damage: truncated zip, bad pickle, missing key
+            bad.append(f"{path} ({type(e).__name__}: {e})")
+            if set_aside:
+                path.rename(path.with_name(path.name + ".unreadable"))
+            continue
+        loadable.append((step, _mtime(path), path, ckpt))
+    if not loadable:
+        if bad:
+            log.warning("no checkpoint in %s loads (%s): starting afresh", ckpt_dir, "; ".join(bad))
+        return None
+    step, _, path, ckpt = max(loadable, key=lambda t: (t[0], t[1], t[2] == last))
+    if bad or (link is not None and link != path.resolve()):
+        gone = link is not None and not link.exists()
+        why = (
+            f"unreadable, set aside as *.unreadable: {'; '.join(bad)}"
+            if bad
+            else f"last.ckpt points to {link.name}{', which is gone' if gone else ', an older one'}"
+        )
+        log.warning("resuming from %s (step %d), the newest checkpoint that loads; %s", path, step, why)
+    if trainable is not None:
+        check_trained_keys(path, ckpt["state_dict"], trainable, known)
+    return path
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def set_aside_checkpoints(ckpt_dir: Path) -> Path | None:
+    """`rerun=true`: move the checkpoint folder to `<folder>.<time>` (kept, not deleted), whatever it holds."""
+    import datetime as dt
+
+    if not ckpt_dir.exists() and not ckpt_dir.is_symlink():
+        return None
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    target = ckpt_dir.with_name(f"{ckpt_dir.name}.{stamp}")
+    n = 1
+    while target.exists():
+        target, n = ckpt_dir.with_name(f"{ckpt_dir.name}.{stamp}.{n}"), n + 1
+    ckpt_dir.rename(target)
+    log.info("rerun=true: the previous checkpoints are kept in %s", target)
+    return target

@@ -89,9 +89,10 @@ def example_inputs(
             if device.type != "meta"
             else torch.empty(batch_size, seq_len, dtype=torch.long, device=device)
         )
-        # use_cache=True: transformers' packed-sequence check (taken without a cache) reads values, which meta
-        # tensors have not; the cache only references the key/value tensors attention saves anyway
-        return {"input_ids": ids, "labels": ids, "use_cache": True}
+        # with an attention mask (training batches are padded), as the task calls the model: transformers then
+        # passes an explicit mask to attention (GPU: the memory-efficient kernel); no cache in training
+        mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids, "use_cache": False}
     size = image_size or getattr(config, "image_size", 224)
     channels = getattr(config, "num_channels", 3)
     images = (

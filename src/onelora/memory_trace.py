@@ -160,8 +160,12 @@ class AttentionKernels(TorchFunctionMode):
         if k.shape[-3] != q.shape[-3]:  # grouped-query attention: repeat the key/value heads
             rep = q.shape[-3] // k.shape[-3]
             k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)
-        if attn_mask is not None and attn_mask.dtype != torch.bool:
-            attn_mask = attn_mask.to(q.dtype)
+        if attn_mask is not None:  # SDPA turns a bool mask into an additive one of q's dtype (a new tensor)
+            attn_mask = (
+                torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device)
+                if attn_mask.dtype == torch.bool
+                else attn_mask.to(q.dtype)
+            )
         with torch.autocast(self.device_type, enabled=False) if self.device_type == "cpu" else nullcontext():
             if self.device_type == "cuda":
                 kernel = cuda_attention_kernel(q, attn_mask)
@@ -170,11 +174,8 @@ class AttentionKernels(TorchFunctionMode):
                         q, k, v, dropout_p, is_causal, False, scale=scale
                     )[0]
                 if kernel == "efficient":
-                    bias = attn_mask
-                    if bias is not None and bias.dtype == torch.bool:  # the SDPA wrapper turns a bool mask additive
-                        bias = torch.zeros(bias.shape, dtype=q.dtype, device=q.device)
                     return torch.ops.aten._scaled_dot_product_efficient_attention(
-                        q, k, v, bias, True, dropout_p, is_causal, scale=scale
+                        q, k, v, attn_mask, True, dropout_p, is_causal, scale=scale
                     )[0]
             elif self.device_type == "cpu" and cpu_attention_kernel(q, k, attn_mask, dropout_p, is_causal) == "flash":
                 return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(

@@ -150,3 +150,39 @@ def deepspeed_strategy(stage: int = 2, exclude_frozen_parameters: bool = True, *
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     return DeepSpeedStrategy(stage=stage, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+
+
+def trains_own_weights(model: nn.Module) -> bool:
+    """Whether the method trains the model's own weights (full fine-tuning), not only adapters, extras and head."""
+    from .peft import count_parameters
+
+    return "weights" in count_parameters(model).groups
+
+
+def _ddp_class() -> type:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    class OneLoRADDPStrategy(DDPStrategy):
+        """Lightning's DDPStrategy that finds unused parameters only where a method can have some."""
+
+        def _setup_model(self, model: nn.Module) -> Any:
+            if "find_unused_parameters" not in self._ddp_kwargs:
+                inner = getattr(model, "model", model)  # the LightningModule's network
+                self._ddp_kwargs["find_unused_parameters"] = trains_own_weights(inner)
+            return super()._setup_model(model)
+
+    return OneLoRADDPStrategy
+
+
+def ddp_strategy(**kwargs: Any) -> Any:
+    """DDP that trains every method as on one device.
+
+    Full fine-tuning trains every tensor of the model, and some never take part in a forward (Dinov2's
+    `mask_token`, used only for masked-image pre-training; the DPT neck's first `residual_layer1`): plain DDP
+    then stops at step 2 ("parameters that were not used in producing the loss"). For a method that trains the
+    model's own weights, DDP finds the unused parameters each step (a graph traversal; they keep no gradient,
+    so AdamW leaves them untouched, as on one device). The PEFT methods train adapters, extras and heads, which
+    every forward uses: no traversal. `find_unused_parameters=` given explicitly wins. kwargs go to Lightning's
+    DDPStrategy / torch DDP.
+    """
+    return _ddp_class()(**kwargs)

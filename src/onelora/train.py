@@ -126,7 +126,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     if previous and previous.get("status") == "ok" and not cfg.rerun:
         print(f"already done: {record_path} ({previous['metric_name']}={previous['metric_best']}); rerun=true to redo")
         return previous, None
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from .callbacks import EfficiencyMonitor
+    from .callbacks.preemption import EXIT_SIGTERM, Preemption, cluster_plugins
+    from .checkpoints import resume_checkpoint, set_aside_checkpoints, trained_keys
     from .tasks.base import DivergedError
 
     # one process per run directory (a second one stops here with one line); the record says `running` from now
@@ -138,13 +142,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         write_json_atomic(record_path, record)
     monitor: EfficiencyMonitor | None = None
     task = None
+    preemption: Preemption | None = None
+    stopped = False
     try:
         from .preflight import preflight
 
         preflight(cfg)  # cheap checks (the data set's files) before any weight is loaded
-        if previous and previous.get("status") == "ok" and (out / "checkpoints").is_dir():
-            # rerun=true starts afresh; the finished run's checkpoints are kept aside, not deleted
-            (out / "checkpoints").rename(out / f"checkpoints.{previous.get('finished_at', 'old').replace(':', '')}")
+        if cfg.rerun and is_rank_zero():  # starts afresh whatever the status; old checkpoints kept aside, not deleted
+            set_aside_checkpoints(out / "checkpoints")
         ensure_pretrained(cfg)
         if lock is not None:  # the resolved config, for tools that rebuild the run's model (scripts/math_answers.py)
             OmegaConf.save(cfg, out / "config.yaml", resolve=True)
@@ -172,15 +177,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
         monitor = next((c for c in callbacks if isinstance(c, EfficiencyMonitor)), None)
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        preemption = Preemption()  # SIGTERM and submitit's requeue signal: checkpoint, record, exit or requeue
+        plugins = cluster_plugins()  # under SLURM: Lightning's auto-requeue off, submitit owns the signal
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=[*callbacks, preemption],
+            logger=loggers or False,
+            **({"plugins": plugins} if plugins else {}),
+        )
         for lg in loggers:
             lg.log_hyperparams(
                 {"peft_params": counts.peft, "trainable_params": counts.trainable, "total_params": counts.total}
             )
-        last = out / "checkpoints" / "last.ckpt"
-        if last.exists():  # a file, or a folder under DeepSpeed
-            log.info("resuming from %s", last)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+        # the newest checkpoint that loads and holds every trained tensor (not only last.ckpt's target)
+        ckpt_dir = Path((cfg.get("callbacks") or {}).get("checkpoint", {}).get("dirpath") or out / "checkpoints")
+        resume = resume_checkpoint(ckpt_dir, trained_keys(task), set(task.state_dict()), set_aside=is_rank_zero())
+        if resume is not None:
+            log.info("resuming from %s", resume)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         if trainer.interrupted:
             record["status"] = "interrupted"
         else:
@@ -193,6 +207,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     except DivergedError as e:
         record.update(status="diverged", error=str(e))
         print(f"run diverged: {e}", file=sys.stderr)
+    except SIGTERMException:  # Lightning stopped at a step end; RunCheckpoint saved a checkpoint there
+        record.update(status="interrupted", error="stopped by SIGTERM; re-running the same command resumes")
+        stopped = True
     except KeyboardInterrupt:
         record["status"] = "interrupted"
         raise
@@ -210,6 +227,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             release_lock(lock)
         _finish_wandb()
     _print_summary(record, record_path)
+    if stopped:
+        if preemption is not None:
+            preemption.requeue()  # under submitit, after its requeue signal: requeue the job and exit
+        sys.exit(EXIT_SIGTERM)  # 143, as if SIGTERM had ended the process, so schedulers see a stopped job
     return record, task
 
 

@@ -16,10 +16,11 @@ import lightning as L
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms import v2
 
 from .errors import DatasetFormatError
+from .loaders import seeded_loader  # re-exported: the data modules import it from here
 
 CIFAR_LAYOUT = {
     10: (
@@ -51,26 +52,6 @@ def check_cifar(data_dir: str | Path, num_classes: int) -> None:
             f"CIFAR-{num_classes} not found: {Path(data_dir) / folder / missing[0]} is missing; expected the python "
             f"version's layout {folder}/{{{','.join(files)}}} under data.data_dir (set paths.data_dir= or data.data_dir=)"
         )
-
-
-def seeded_loader(
-    dataset: Dataset, batch_size: int, seed: int, num_workers: int, trainer: L.Trainer | None
-) -> DataLoader:
-    """A shuffled loader whose order depends on (seed, epoch) only, so resumed runs see the same batches.
-
-    Under several processes Lightning inserts its own DistributedSampler (also epoch-seeded).
-    """
-    distributed = trainer is not None and trainer.world_size > 1
-    sampler = None if distributed else DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=distributed,
-        sampler=sampler,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        drop_last=False,
-    )
 
 
 class ImageClassificationData(L.LightningDataModule):

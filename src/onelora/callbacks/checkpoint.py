@@ -1,0 +1,47 @@
+"""The run's checkpoint callback: by epochs or by steps with one override, and a checkpoint at SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger("onelora")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with two differences.
+
+    - A step interval replaces the per-epoch checkpoint: `callbacks.checkpoint.every_n_train_steps=200` alone
+      checkpoints every 200 steps (Lightning refuses every_n_train_steps together with every_n_epochs, which the
+      config sets by default). The loader is resumable, so a checkpoint in the middle of an epoch resumes exactly.
+    - When SIGTERM stops the run (SLURM's preemption or time limit, `scancel`, submitit's requeue signal) a
+      checkpoint is written at the step where Lightning stopped, so the requeued run loses nothing. Other
+      exceptions (a diverged loss, a bug) save nothing: their state is not worth resuming.
+    """
+
+    def __init__(
+        self, every_n_train_steps: int | None = None, every_n_epochs: int | None = None, **kwargs: Any
+    ) -> None:
+        if every_n_train_steps:
+            every_n_epochs = None
+        super().__init__(every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs, **kwargs)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+            return
+        if trainer.validating:
+            # stopped inside validation: its partial metric state is in no checkpoint, so the last checkpoint
+            # (taken before this validation) stays the resume point and the resumed run validates again
+            log.info("SIGTERM during validation: the last checkpoint stays the resume point")
+            return
+        if self._last_global_step_saved == trainer.global_step:
+            log.info("SIGTERM: the checkpoint of step %d is already on disk", trainer.global_step)
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)  # as at a step or epoch end: keeps save_top_k's rule
+        self._save_last_checkpoint(trainer, candidates)
+        log.info("SIGTERM: checkpoint of step %d written to %s", trainer.global_step, self.best_model_path)
