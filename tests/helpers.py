@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from onelora.data.synthetic import write_cifar10  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -27,29 +27,6 @@ def hydra_cfg(tmp_path: Path, *overrides: str) -> Iterator[DictConfig]:
     ]
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         yield compose(config_name="config", overrides=[*paths, *overrides])
-
-
-def write_cifar10(root: Path, n_train: int = 40, n_test: int = 20, seed: int = 0) -> Path:
-    """A CIFAR-10 'python version' folder: 5 train pickles, test_batch, batches.meta (uint8 rows, CHW)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def batch(n: int) -> dict:
-        labels = rng.integers(0, 10, n)
-        # class-dependent mean colour, so a model can learn something in a few steps
-        data = rng.integers(0, 64, (n, 3, 32, 32)) + (labels[:, None, None, None] * 19)
-        return {"data": data.clip(0, 255).astype(np.uint8).reshape(n, 3072), "labels": labels.tolist()}
-
-    per = n_train // 5
-    for i in range(1, 6):
-        with open(folder / f"data_batch_{i}", "wb") as f:
-            pickle.dump(batch(per), f)
-    with open(folder / "test_batch", "wb") as f:
-        pickle.dump(batch(n_test), f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
-    return root
 
 
 class KillAtEpochStart:

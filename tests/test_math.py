@@ -26,41 +26,15 @@ from onelora.data.metamath import (
     format_prompt,
     split_indices,
 )
+from onelora.data.synthetic import TOKENIZER_SPECIALS, make_tokenizer, metamath_records, write_metamath
 from onelora.memory import apply_dtype_policy, estimate_training_memory, format_memory_lines, saved_activations
 from onelora.train import ConfigError, build_peft_model, train
 
-SPECIALS = ["<unk>", "<s>", "</s>"]
+SPECIALS = TOKENIZER_SPECIALS
 
 
 def records(n: int = 40) -> list[dict[str, str]]:
-    """MetaMathQA-format records: single- and multi-line queries, responses ending "The answer is: X"."""
-    out = []
-    for i in range(n):
-        a, b = 3 + i, 7 + 2 * i
-        query = f"What is {a} plus {b}?" if i % 3 else f"Add the two numbers.\n{a} and {b}"
-        response = f"We add {a} and {b} to get {a + b}.\nThe answer is: {a + b}"
-        out.append({"query": query, "response": response, "type": "GSM_Rephrased", "original_question": query})
-    return out
-
-
-def make_tokenizer(path: Path, eos: bool = True, vocab_size: int = 128):
-    """A BPE tokenizer trained on the fixture text (sentencepiece-like: Metaspace, BOS prepended), saved to path."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    text = [format_prompt(r["query"]) + r["response"] for r in records()] + [format_prompt("a\nb")]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    specials = SPECIALS if eos else SPECIALS[:2]
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    kwargs = {"eos_token": "</s>"} if eos else {}
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", unk_token="<unk>", **kwargs)
-    fast.save_pretrained(path)
-    return fast
+    return metamath_records(n)
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +43,7 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory):
 
 
 def write_fixture(data_dir: Path, recs: list | None = None) -> Path:
-    folder = data_dir / "metamath_synthetic"
-    folder.mkdir(parents=True, exist_ok=True)
-    make_tokenizer(folder / "tokenizer")
-    (folder / "MetaMathQA-395K.json").write_text(json.dumps(records() if recs is None else recs))
-    return folder
+    return write_metamath(data_dir / "metamath_synthetic", recs)
 
 
 # --- examples ------------------------------------------------------------------------------------
