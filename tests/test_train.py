@@ -156,7 +156,7 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
         f"hydra.run.dir={tmp_path / 'r'}",
         f"paths.output_dir={tmp_path / 'r'}",
     ]
-    proc = _cli("experiment=smoke_classification", *paths)
+    proc = _cli("experiment=smoke_classification", "~data.synthetic", *paths)  # not built on first use here
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("error: data cifar_synthetic:") and "not found (data_dir)" in err and "paths.data_dir=" in err
