@@ -221,7 +221,8 @@ def _peft_config(raw: dict[str, Any], where: str) -> Any:
         )
     cls = peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING[ptype]
     try:
-        return cls.from_peft_type(**cls.check_kwargs(**raw))
+        check = getattr(cls, "check_kwargs", None)  # peft's own clean-up of older configs' fields
+        return cls.from_peft_type(**(check(**raw) if check else raw))
     except (TypeError, ValueError) as e:
         raise PeftError(f"{where}: not a valid {cls.__name__}: {e}") from e
 
