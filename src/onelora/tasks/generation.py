@@ -102,7 +102,7 @@ class GenerationTask(PeftTask):
             raise ConfigError(f"task.module.loss must be hybrid or mse, got {loss!r}")
         table = class_embedder(model)
         if table.embedding_table.num_embeddings != num_classes + 1 or table.num_classes != num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"the model's class table has {table.embedding_table.num_embeddings} rows, the task needs "
                 f"{num_classes} classes + 1 null row: the model config's post_build "
                 "(onelora.models.dit.share_dit_embeddings) sizes it"
@@ -137,7 +137,7 @@ class GenerationTask(PeftTask):
                     "(a covariance) and a batch of at least 1; the paper setting is task.module.fid.num_samples=10000"
                 )
         self.grid_cfg = {"size": 16, "nrow": 8, **dict(grid or {})}
-        self.ema_cfg = {"enabled": False, "decay": 0.9999, **dict(ema or {})}
+        self.ema_cfg = {"enabled": True, "decay": 0.9999, **dict(ema or {})}
         self.sample_seed = sample_seed
         if tf32:  # DiT's train.py and sample_ddp.py: fp32 weights and activations, TF32 matmuls and convolutions
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
