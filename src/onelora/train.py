@@ -226,7 +226,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             write_json_atomic(record_path, record)
             release_lock(lock)
         _finish_wandb()
-    _print_summary(record, record_path)
+    if is_rank_zero():  # one summary line, not one per DDP process
+        _print_summary(record, record_path)
     if stopped:
         if preemption is not None:
             preemption.requeue()  # under submitit, after its requeue signal: requeue the job and exit
