@@ -18,7 +18,7 @@ pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402
 
 from onelora.models import build_model  # noqa: E402
-from onelora.peft import PeftError, apply_peft, count_parameters, load_peft, save_peft  # noqa: E402
+from onelora.peft import PeftError, apply_peft, count_parameters, load_peft, merge_peft, save_peft  # noqa: E402
 from onelora.train import build_peft_model, dry_run, train  # noqa: E402
 
 PAPER_MODELS = ["vit_base_in21k", "depth_anything_large", "llama2_7b", "llama2_13b", "dit_xl_2_256"]
@@ -112,6 +112,27 @@ def test_peer_adapters_save_in_both_formats(tmp_path: Path, method: str) -> None
     loaded = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "peft")).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values=x).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["hf_miss_r1", "hf_vera"])
+def test_merge_folds_peer_layers_into_plain_ones(tmp_path: Path, method: str) -> None:
+    """Oracle: the unmerged model's outputs; after merging no peft layer is left and the weights changed."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    model, _ = tiny_vit(tmp_path, method)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits
+        merge_peft(model)
+        merged = model(pixel_values=x).logits
+    assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+    assert not hasattr(model, "peft_config") and "hf_peft_model" not in model.__dict__
+    assert type(model.vit.layers[0].attention.q_proj) is torch.nn.Linear
+    torch.testing.assert_close(merged, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

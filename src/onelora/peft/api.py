@@ -261,6 +261,9 @@ def merge_peft(model: nn.Module, dequantize: bool = False) -> nn.Module:
     A quantized base layer has no float weight to fold into: refused, unless `dequantize=True`, which
     replaces it by a plain nn.Linear holding the dequantized weight plus the update (more memory).
     """
+    hf_model = model.__dict__.pop("hf_peft_model", None)
+    if hf_model is not None:  # peft=hf_*: peft folds its own layers back into the base layers, in place
+        hf_model.merge_and_unload()
     adapted = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, AdaptedLayer)]
     quantized = [n for n, mod in adapted if isinstance(mod, AdaptedQuantized)]
     if quantized and not dequantize:
