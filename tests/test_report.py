@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from onelora.report import load_manifest, manifest_paths, write_paper_figures, write_report
@@ -271,3 +272,59 @@ def test_make_report_takes_a_manifest_by_path():
     out = subprocess.run(["make", "-n", "report", "EXP=some/where/fig6.yaml"], capture_output=True,
                          text=True, cwd=ROOT, timeout=60).stdout  # fmt: skip
     assert "scripts/report.py  --experiment some/where/fig6.yaml --out results/fig6" in out
+
+
+def test_bubble_plot_has_a_size_legend(runs, tmp_path):
+    from onelora.report import figures, ours_view
+    from onelora.report.plots import BUBBLE, plt
+
+    d, _ = runs
+    m = manifest_for(d)
+    rep = write_report([d], tmp_path / "out", m)
+    bubble, memory = figures(ours_view(rep.summary, m), None, m)
+    legend = bubble.axes[0].get_legend()
+    # params 1.00K (onelora), 3.00K (lora), 86M (full, capped): area = BUBBLE x params / 3000 (the largest uncapped);
+    # round references below 3000, below sqrt(1000 x 3000) = 1732 and below 1000: 2K and 1K
+    assert legend.get_title().get_text() == "trainable params"
+    assert [t.get_text() for t in legend.get_texts()] == ["2K", "1K"]
+    sizes = [h.get_sizes()[0] for h in legend.legend_handles]
+    assert sizes == pytest.approx([BUBBLE * 2000 / 3000, BUBBLE * 1000 / 3000])
+    plt.close(bubble)
+    plt.close(memory)
+
+
+def test_cpu_runs_show_seconds_and_peak_rss(tmp_path):
+    """Runs under a minute are timed in seconds; CPU runs (no accelerator memory) show their peak RSS, labelled."""
+    from onelora.report import figures, ours_view
+    from onelora.report.plots import plt
+
+    d = tmp_path / "runs"
+    for method, t, rss in [("onelora", 30.0, 2e9), ("lora", 45.0, 3e9)]:
+        for seed in (0, 1):
+            write(d, record(method, seed, acc=0.9, time_s=t, peak_rss_bytes=rss), method, seed)
+    m = manifest_for(d, methods=["onelora", "lora"], seeds=[0, 1], paper_table=None)
+    rep = write_report([d], tmp_path / "out", m)
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "Time [s] ↓" in md and "Peak RSS [GB] ↓" in md and "Memory [%]" not in md
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+    assert rows["1LoRA"][1:2] == ["**30**"] and rows["LoRA"][1:2] == ["<u>45</u>"]  # seconds, not 0.5 / 0.75 min
+    assert "**2**" in rows["1LoRA"] and "<u>3</u>" in rows["LoRA"]  # GB
+    bubble, memory = figures(ours_view(rep.summary, m), None, m)
+    assert bubble.axes[0].get_xlabel() == "Time [s]"
+    ax = memory.axes[0]
+    assert "peak RSS [GB]" in ax.get_ylabel() and [b.get_height() for b in ax.patches] == pytest.approx([2.0, 3.0])
+    plt.close(bubble)
+    plt.close(memory)
+
+
+def test_run_folder_names_spell_booleans_one_way():
+    from onelora.record import run_dirname
+
+    # a multirun writes what Hydra's sweeper prints (False), a single run what was typed (false): one name for both
+    assert run_dirname("model.pretrained=null,trainer.enable_progress_bar=False") == (
+        "model.pretrained=null,trainer.enable_progress_bar=false"
+    )
+    assert run_dirname("a=True,b=Falsey,c=False") == "a=true,b=Falsey,c=false"
+    hydra = yaml.safe_load((ROOT / "configs" / "hydra" / "default.yaml").read_text())
+    assert hydra["run"]["dir"].endswith("${run_dirname:${hydra.job.override_dirname}}")
+    assert hydra["sweep"]["subdir"].endswith("${run_dirname:${hydra.job.override_dirname}}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -193,6 +194,25 @@ def base_record(cfg: Any) -> dict[str, Any]:
     }
 
 
+# --- run-folder names -----------------------------------------------------------------------------
+def run_dirname(override_dirname: str) -> str:
+    """Hydra's `override_dirname` with booleans spelled one way: a multirun writes `True`/`False`, a single run
+    the text as typed (`false`); both become lower case, so one setting always names the same folder."""
+    return re.sub(r"=(True|False)(?=,|$)", lambda m: "=" + m.group(1).lower(), override_dirname)
+
+
+def _register_resolvers() -> None:
+    # here because Hydra imports this module (the callback below) before it resolves a run's folder, in the
+    # launching process and, unpickling the callbacks, in a submitit worker
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("run_dirname"):
+        OmegaConf.register_new_resolver("run_dirname", run_dirname)
+
+
+_register_resolvers()
+
+
 # --- a multirun's outcome -----------------------------------------------------------------------
 def _hydra_callback_base() -> type:
     from hydra.experimental.callback import Callback
@@ -214,11 +234,20 @@ class SweepOutcome(_hydra_callback_base()):
         type(self).failed_jobs = []
         self._check(config, "sweep")
 
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        # the jobs of this process (a local launcher); remote launchers call this elsewhere, leaving it empty
+        runtime = getattr(getattr(job_return, "hydra_cfg", None), "hydra", None)
+        if runtime is not None:
+            self._jobs = [*getattr(self, "_jobs", []), Path(str(runtime.runtime.output_dir)).resolve()]
+
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        mine = set(getattr(self, "_jobs", []))  # other multiruns may share the sweep dir (scripts/sweep.py --jobs)
         failed = []
         for path in sorted(sweep_dir.rglob(RECORD)):
             record = read_record(path)
+            if mine and path.parent.resolve() not in mine:
+                continue
             if _mtime(path) >= self._started and (record is None or record.get("status") != "ok"):
                 status = "unreadable" if record is None else effective_status(record)
                 failed.append(f"{status}: {path.parent}")

@@ -10,6 +10,7 @@ the coverage lines (missing seeds, failed/diverged/interrupted runs, unreadable 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +49,17 @@ class Report:
 
 
 def ours_view(summary: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
-    """summary.csv rows in the units the tables and plots show (time in the manifest's unit, memory in %)."""
+    """summary.csv rows in the units the tables and plots show: time in the manifest's unit, or in seconds when every
+    time is under a minute (`time_unit` column); memory in % of the accelerator, or the peak RSS [GB] of CPU runs."""
     df = summary.rename(columns={"data": "transfer"}).copy()
     df["transfer"] = df["transfer"].astype(str)
     df["time"] = df["time_min_mean"] / (60.0 if manifest.time_unit == "h" else 1.0)
+    df["time_unit"] = manifest.time_unit
+    times = df["time_min_mean"].dropna()
+    if manifest.time_unit == "min" and len(times) and (times < 1.0).all():
+        df["time"], df["time_unit"] = df["time_min_mean"] * 60.0, "s"
     df["memory_pct"] = df["peak_mem_frac_mean"] * 100.0
+    df["rss_gb"] = df["peak_rss_gb_mean"] if "peak_rss_gb_mean" in df else math.nan
     df["params"] = pd.to_numeric(df[manifest.params], errors="coerce").astype(float)
     return df
 
@@ -75,15 +82,20 @@ def figures(ours: pd.DataFrame | None, paper: pd.DataFrame | None, manifest: Man
     return bubble, memory
 
 
-def _document(manifest: Manifest, secs: list[tables.Section], cov: list[str] | None, paper: pd.DataFrame | None) -> str:
+def _document(manifest: Manifest, secs: list[tables.Section], cov: list[str] | None, paper: pd.DataFrame | None,
+              ours: pd.DataFrame | None = None) -> str:  # fmt: skip
     m = manifest.metric
+    unit = str(ours.time_unit.iloc[0]) if ours is not None and len(ours) else manifest.time_unit
+    rss = ours is not None and plots.rss_only(ours)
+    memory = ("peak resident memory (RSS) of the process in GB: CPU runs have no accelerator memory" if rss
+              else "peak allocated accelerator memory in % of the device")  # fmt: skip
     lines = [f"# {manifest.title}", ""] + ([f"Note: {manifest.note}", ""] if manifest.note else [])
     if cov is not None:
         lines.append(f"Ours: mean ± sample std (n-1) over the seeds that ended ok (Seeds = ok / expected); "
                      f"{m.label} is each run's best validation value"
                      f"{' (the other metrics: their final value)' if len(manifest.metrics) > 1 else ''}; "
                      f"time = training + validation wall-clock "
-                     f"[{manifest.time_unit}]; memory = peak allocated accelerator memory in % of the device; "
+                     f"[{unit}]; memory = {memory}; "
                      f"params = trainable parameters of the method, task head excluded.")  # fmt: skip
     if paper is not None:
         lines.append(f"Paper: {tables.paper_name(manifest.paper_table or '')} as printed (memory in % of an "
@@ -109,7 +121,7 @@ def _write_all(out: Path, manifest: Manifest, ours: pd.DataFrame | None, paper: 
     secs = tables.sections(ours, paper, manifest)
     caption = manifest.title + (f" (paper: {tables.paper_name(manifest.paper_table)})" if paper is not None and
                                 ours is not None and manifest.paper_table else "")  # fmt: skip
-    (out / "table.md").write_text(_document(manifest, secs, cov, paper))
+    (out / "table.md").write_text(_document(manifest, secs, cov, paper, ours))
     (out / "table.tex").write_text(tables.latex(secs, manifest, caption))
     files = [out / "table.md", out / "table.tex"]
     # a report always writes both figures (with a note where there is nothing to draw); the paper alone only

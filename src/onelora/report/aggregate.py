@@ -159,12 +159,13 @@ def load_runs(records: Sequence[Record], manifest: Manifest) -> pd.DataFrame:
             time_s=_number(total),
             peak_mem_frac=_number(r.get("peak_mem_frac")),
             peak_mem_bytes=_number(r.get("peak_mem_bytes")),
+            peak_rss_bytes=_number(r.get("peak_rss_bytes")),
             **{k: _number(r.get(k)) for k in ("peft_params", "head_params", "trainable_params", "total_params")},
             **{f"v_{m.name}": metric_value(r, m.name, m.scale) for m in manifest.metrics},
         )
         rows.append(row)
     df = pd.DataFrame(rows)
-    for col in ("status", "error", "config", "time_s", "peak_mem_frac", "peak_mem_bytes", "peft_params", "trainable_params",
+    for col in ("status", "error", "config", "time_s", "peak_mem_frac", "peak_mem_bytes", "peak_rss_bytes", "peft_params", "trainable_params",
                 "total_params", *(f"v_{m.name}" for m in manifest.metrics)):  # fmt: skip
         if col not in df:
             df[col] = math.nan if col not in ("status", "error", "config") else None
@@ -254,6 +255,7 @@ def summarize(runs: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
                 "time_min_std": (ok.time_s / 60).std(ddof=1),
                 "peak_mem_frac_mean": ok.peak_mem_frac.mean(),
                 "peak_mem_gb_mean": ok.peak_mem_bytes.mean() / 1e9,
+                "peak_rss_gb_mean": ok.peak_rss_bytes.mean() / 1e9,  # CPU runs: the process's peak resident memory
             }
             for k in ("peft_params", "trainable_params", "total_params"):  # the same for every seed
                 counts = sel[k].dropna()

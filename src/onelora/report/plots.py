@@ -3,6 +3,7 @@ and memory bar plots, ours beside the paper's. One colour per method, the same i
 
 from __future__ import annotations
 
+import math
 import zlib
 from pathlib import Path
 
@@ -51,9 +52,34 @@ def _note(ax: plt.Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.4")
 
 
+def nice_below(x: float) -> float:
+    """The largest of 1, 2, 5 x 10^k that is <= x (reference values for the bubble-size legend)."""
+    k = math.floor(math.log10(x))
+    return max(m * 10.0**k for m in (1, 2, 5) if m * 10.0**k <= x * (1 + 1e-9))
+
+
+def reference_params(params: pd.Series) -> list[float]:
+    """2-3 round parameter counts spanning the drawn bubbles: below the largest, the smallest and between."""
+    p = params[params > 0].dropna()
+    if p.empty:
+        return []
+    lo, hi = float(p.min()), float(p.max())
+    return sorted({nice_below(hi), nice_below(math.sqrt(lo * hi)), nice_below(lo)}, reverse=True)
+
+
+def short_count(n: float) -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:g}{suffix}"
+    return f"{n:g}"
+
+
 def bubble_panel(ax: plt.Axes, view: pd.DataFrame, metric_label: str, time_unit: str, key: str = "metric") -> None:
-    """One bubble plot: a bubble per method at (time, metric mean), error bar ± std, area ∝ params."""
+    """One bubble plot: a bubble per method at (time, metric mean), error bar ± std, area ∝ params (with a legend
+    of 2-3 reference bubbles). The view's `time_unit` column, when present, overrides `time_unit` (seconds)."""
     rows = view.dropna(subset=["time", f"{key}_mean"]) if len(view) else view
+    if "time_unit" in rows and len(rows):
+        time_unit = str(rows.time_unit.iloc[0])
     ax.set_xlabel(f"Time [{time_unit}]")
     ax.set_ylabel(metric_label)
     ax.grid(alpha=0.3)
@@ -75,16 +101,41 @@ def bubble_panel(ax: plt.Axes, view: pd.DataFrame, metric_label: str, time_unit:
         ax.scatter(r.time, r[f"{key}_mean"], s=max(area, 12.0), color=color, alpha=0.55, edgecolors=color,
                    linewidths=1.5, linestyles="--" if capped else "-", zorder=3)  # fmt: skip
     ax.margins(0.18)
+    if ref == ref and ref > 0:  # bubble size: the same area per parameter as the bubbles above
+        refs = reference_params(params[~rows.method.isin(CAPPED)] if (~rows.method.isin(CAPPED)).any() else params)
+        handles = [ax.scatter([], [], s=max(BUBBLE * v / ref, 12.0), color="0.6", alpha=0.45, edgecolors="0.3")
+                   for v in refs]  # fmt: skip
+        ax.legend(handles, [short_count(v) for v in refs], title="trainable params", fontsize=7, title_fontsize=7,
+                  loc="best", labelspacing=1.4, borderpad=0.9, framealpha=0.6, scatterpoints=1)  # fmt: skip
+
+
+def rss_only(view: pd.DataFrame) -> bool:
+    """Runs with no accelerator memory (CPU) but a peak RSS: their bars show the process's peak RSS [GB]."""
+    return "rss_gb" in view and view.memory_pct.isna().all() and view.rss_gb.notna().any()
 
 
 def memory_panel(ax: plt.Axes, views: list[tuple[str, pd.DataFrame]], methods: list[str]) -> None:
-    """Peak memory [%] per method, one bar per source (ours solid, the paper hatched)."""
+    """Peak memory [%] per method, one bar per source (ours solid, the paper hatched). CPU runs have no accelerator
+    memory: their peak RSS [GB] is drawn instead, labelled as such (the paper's % is not comparable)."""
+    rss = [(s, v) for s, v in views if rss_only(v)]
+    if rss:
+        source, view = rss[0]
+        shown = [m for m in methods if view[view.method == m].rss_gb.notna().any()]
+        for i, m in enumerate(shown):
+            ax.bar(i, view[view.method == m].rss_gb.dropna().iloc[0], 0.6, color=method_color(m), alpha=0.85,
+                   edgecolor="0.2")  # fmt: skip
+        ax.set_ylabel(f"{source}: peak RSS [GB]\n(CPU runs: process memory)")
+        ax.set_xticks(range(len(shown)), [method_label(m) for m in shown], rotation=45, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        if len(views) > 1:  # the paper's memory is % of an A100: not comparable with a CPU process's RSS
+            ax.set_title("(the paper's memory [% of an A100] is in the table)", fontsize=7, loc="right")
+        return
     shown = [m for m in methods if any((v.method == m).any() and v[v.method == m].memory_pct.notna().any()
                                        for _, v in views)]  # fmt: skip
     ax.set_ylabel("Memory [%]")
     ax.grid(axis="y", alpha=0.3)
     if not shown:
-        _note(ax, "no GPU memory recorded (CPU runs)")
+        _note(ax, "no accelerator memory or peak RSS recorded")
         return
     width = 0.8 / len(views)
     for j, (source, view) in enumerate(views):

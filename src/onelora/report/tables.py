@@ -109,7 +109,9 @@ def columns(view: pd.DataFrame | None, source: str, transfer: str, methods: list
             skip_empty: bool) -> list[Column]:  # fmt: skip
     """The table columns of one source (ours or the paper) for one transfer, rows in `methods` order."""
     rows = _lookup(view, transfer, methods)
-    cols = [Column(f"Time [{manifest.time_unit}] ↓", [_text(r, "time") or sig(_get(r, "time"), 3) for r in rows],
+    unit = str(view.time_unit.iloc[0]) if view is not None and "time_unit" in view and len(view) else manifest.time_unit
+    rss = view is not None and "rss_gb" in view and view.memory_pct.isna().all() and view.rss_gb.notna().any()
+    cols = [Column(f"Time [{unit}] ↓", [_text(r, "time") or sig(_get(r, "time"), 3) for r in rows],
                    "min", source)]  # fmt: skip
     for i, m in enumerate(manifest.metrics):
         key = "metric" if i == 0 else m.name
@@ -122,8 +124,11 @@ def columns(view: pd.DataFrame | None, source: str, transfer: str, methods: list
             else:
                 texts.append(mean_std(_get(r, f"{key}_mean"), _get(r, f"{key}_std"), m.decimals))
         cols.append(Column(f"{m.label} {ARROW[m.direction]}", texts, m.direction, source))
-    cols.append(Column("Memory [%] ↓", [_text(r, "memory_pct") or sig(_get(r, "memory_pct"), 2) for r in rows],
-                       "min", source))  # fmt: skip
+    if rss:  # CPU runs: no accelerator memory; the process's peak resident memory, labelled as such
+        cols.append(Column("Peak RSS [GB] ↓", [sig(_get(r, "rss_gb"), 2) for r in rows], "min", source))
+    else:
+        cols.append(Column("Memory [%] ↓", [_text(r, "memory_pct") or sig(_get(r, "memory_pct"), 2) for r in rows],
+                           "min", source))  # fmt: skip
     cols.append(
         Column("Params ↓", [_text(r, "params") or format_params(_get(r, "params")) for r in rows], "min", source)
     )
