@@ -27,8 +27,9 @@ from onelora.data.metamath import (
     split_indices,
 )
 from onelora.data.synthetic import TOKENIZER_SPECIALS, make_tokenizer, metamath_records, write_metamath
+from onelora.errors import ConfigError
 from onelora.memory import apply_dtype_policy, estimate_training_memory, format_memory_lines, saved_activations
-from onelora.train import ConfigError, build_peft_model, train
+from onelora.train import build_peft_model, train
 
 SPECIALS = TOKENIZER_SPECIALS
 
