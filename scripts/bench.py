@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", action="store_true", help="the per-layer comparison of 1LoRA implementations")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = ap.parse_args(argv)
+    # bitsandbytes (imported by HF peft and the qlora case) notes on import an optional CPU kernel it lacks
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine(args.device)}")
@@ -98,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _qlora(args: argparse.Namespace, out: Path) -> None:
     """1LoRA vs LoRA r=1 on the Llama stack with 4-bit (NF4) weights, where bitsandbytes runs."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend notes an optional kernel it lacks
     try:
         import bitsandbytes
     except ImportError:
