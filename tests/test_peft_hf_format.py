@@ -263,3 +263,16 @@ def test_strict_truncated_files(fmt, damaged, tmp_path):
     with pytest.raises(PeftError, match=f"{path.name} is not (a )?readable") as err:
         load_peft(base_net(), tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_peft_adapter_into_a_model_with_the_same_method(tmp_path):
+    """A run's init_adapter: the configured method is applied first, then the peft folder fills it."""
+    base, theirs = peft_saved("lora", tmp_path)  # LoRA r=2, alpha=5
+    model = apply_peft(copy.deepcopy(base), "lora", rank=2, alpha=5.0, target_modules=["up", "down"])
+    load_peft(model, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), theirs, **TOL)
+    with pytest.raises(PeftError, match="the adapter is 'lora' .* model has 'onelora'; choose peft=lora"):
+        load_peft(apply_peft(copy.deepcopy(base), "onelora"), tmp_path)
+    with pytest.raises(PeftError, match="LoRA scale is 2.5, the model's 0.5: set alpha"):
+        load_peft(apply_peft(copy.deepcopy(base), "lora", rank=2, alpha=1.0), tmp_path)

@@ -141,7 +141,8 @@ def load_peft(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     src = Path(path)
     if (src / CONFIG_FILE).is_file() or (src / WEIGHTS_FILE).is_file():
         return _load_onelora(model, src)
-    from .hf_format import PEFT_CONFIG, PEFT_WEIGHTS, from_peft
+    from .hf_format import PEFT_CONFIG, PEFT_WEIGHTS
+    from .hf_import import from_peft
 
     if (src / PEFT_CONFIG).is_file():
         if not (src / PEFT_WEIGHTS).is_file():
