@@ -18,8 +18,10 @@ os.environ.setdefault("ONELORA_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     from onelora.errors import user_errors
+    from onelora.logs import quiet_dependencies
     from onelora.train import run
 
+    quiet_dependencies()  # after Hydra configured logging: dependency chatter to run.log only
     try:
         run(cfg)
     except Exception as e:

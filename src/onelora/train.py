@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .errors import ConfigError, user_errors  # noqa: F401  (re-exported: onelora.train.ConfigError, user_errors)
 from .models import build_model
 from .peft import DEFAULT_HEADS, ParameterCount, apply_peft, count_parameters, merge_peft
+from .progress import run_event
 from .record import (  # noqa: F401  (re-exported: the record's helpers lived here)
     RECORD,
     acquire_lock,
@@ -125,6 +126,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     previous = read_record(record_path)
     if previous and previous.get("status") == "ok" and not cfg.rerun:
         print(f"already done: {record_path} ({previous['metric_name']}={previous['metric_best']}); rerun=true to redo")
+        run_event("skip", cfg, previous)
         return previous, None
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -145,12 +147,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     preemption: Preemption | None = None
     stopped = False
     try:
+        from .data.synthetic import ensure_synthetic
         from .preflight import preflight
 
+        ensure_synthetic(cfg.data)  # a smoke experiment's tiny data set is built on first use
         preflight(cfg)  # cheap checks (the data set's files) before any weight is loaded
         if cfg.rerun and is_rank_zero():  # starts afresh whatever the status; old checkpoints kept aside, not deleted
             set_aside_checkpoints(out / "checkpoints")
         ensure_pretrained(cfg)
+        run_event("start", cfg)
         if lock is not None:  # the resolved config, for tools that rebuild the run's model (scripts/math_answers.py)
             OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
@@ -226,6 +231,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             write_json_atomic(record_path, record)
             release_lock(lock)
         _finish_wandb()
+        run_event("end", cfg, record)
     if is_rank_zero():  # one summary line, not one per DDP process
         _print_summary(record, record_path)
     if stopped:
