@@ -184,7 +184,7 @@ def test_format_params_like_the_paper():
 
 def test_manifests_cover_the_paper_items():
     manifests = {p.stem: load_manifest(p) for p in manifest_paths()}
-    assert set(manifests) == ITEMS | {"demo"}  # the paper items, and make demo's miniature
+    assert set(manifests) == ITEMS | {"demo", "mini"}  # the paper items, and make demo and make mini
     peft_names = {p.stem for p in (ROOT / "configs" / "peft").glob("*.yaml")}
     for name, m in manifests.items():
         assert set(m.methods) <= peft_names, name
@@ -328,3 +328,23 @@ def test_run_folder_names_spell_booleans_one_way():
     hydra = yaml.safe_load((ROOT / "configs" / "hydra" / "default.yaml").read_text())
     assert hydra["run"]["dir"].endswith("${run_dirname:${hydra.job.override_dirname}}")
     assert hydra["sweep"]["subdir"].endswith("${run_dirname:${hydra.job.override_dirname}}")
+
+
+def test_committed_paper_figures_are_what_make_paper_figures_writes(tmp_path):
+    """results/paper_figures/ regenerated from results/paper/ and experiments/ equals the committed files (text
+    exactly; images pixel for pixel up to anti-aliasing). On a failure: `make paper-figures` and commit."""
+    import numpy as np
+
+    main = runpy.run_path(str(ROOT / "scripts" / "paper_figures.py"), run_name="paper_figures")["main"]
+    assert main(["--out", str(tmp_path)]) == 0
+    committed = ROOT / "results" / "paper_figures"
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == sorted(str(p.relative_to(committed)) for p in committed.rglob("*") if p.is_file())
+    for rel in written:
+        new, old = tmp_path / rel, committed / rel
+        if new.suffix == ".png":
+            with Image.open(new) as a, Image.open(old) as b:
+                a, b = np.asarray(a.convert("RGB"), float), np.asarray(b.convert("RGB"), float)
+            assert a.shape == b.shape and np.abs(a - b).mean() < 0.5, f"{rel} differs: run make paper-figures"
+        else:
+            assert new.read_text() == old.read_text(), f"{rel} differs: run make paper-figures"

@@ -23,7 +23,7 @@ def _from_dependency(record: logging.LogRecord) -> bool:
 
 
 class ConsoleFilter(logging.Filter):
-    """The console shows the suite's INFO lines and anyone's errors; dependency INFO and warnings go to the file.
+    """The console shows the suite's lines and anyone's errors; the dependencies' INFO and warnings go to the file.
 
     Set `ONELORA_VERBOSE=1` to see everything on the console too."""
 
@@ -36,7 +36,8 @@ class ConsoleFilter(logging.Filter):
             return True
         if record.name == "py.warnings":  # warnings.warn, routed through logging by quiet_dependencies()
             return not _from_dependency(record)
-        return record.levelno >= logging.WARNING and not record.name.startswith(("lightning", "pytorch_lightning"))
+        # a dependency's warnings ("install kernels for a faster ...") are for the log file; ours and the root's show
+        return record.levelno >= logging.WARNING and record.name in ("root", "hydra")
 
 
 def quiet_dependencies() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import resource
 import sys
 import time
@@ -112,3 +113,25 @@ class EfficiencyMonitor(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_s, self.val_s = state_dict.get("train_s", 0.0), state_dict.get("val_s", 0.0)
+
+
+class EpochReport(L.Callback):
+    """One line per validation epoch in the run's log (`epoch 3/10: accuracy 0.8123, best 0.8304`), and the same
+    as a progress event for a sweep's bar (`onelora.progress`). Rank 0 only."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the task's on_validation_epoch_end (callbacks' epoch-end hooks run before the module's)
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        from ..progress import emit
+
+        name = getattr(pl_module, "metric_name", "loss")
+        value = trainer.callback_metrics.get(f"val/{name}")
+        value = None if value is None else float(value)
+        best = getattr(pl_module, "best", None)
+        epoch, epochs = trainer.current_epoch + 1, trainer.max_epochs
+        logging.getLogger("onelora.epochs").info(
+            "epoch %d/%s: %s %s, best %s", epoch, epochs if epochs and epochs > 0 else "?", name,
+            "n/a" if value is None else f"{value:.4f}", "n/a" if best is None else f"{best:.4f}",
+        )  # fmt: skip
+        emit("epoch", epoch=epoch, epochs=epochs, metric=name, value=value, best=best)

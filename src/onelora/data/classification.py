@@ -106,17 +106,22 @@ def _subset(ds: Dataset, n: int | None) -> Dataset:
 
 
 class DigitsDataModule(ImageClassificationData):
-    """scikit-learn's 8x8 digits (1797 images), restricted to `classes`, split train/val by `val_fraction`."""
+    """scikit-learn's 8x8 digits (1797 images), restricted to `classes`, split train/val by `val_fraction`.
+
+    `holdout_fraction` carves a validation split out of the training part (stratified) and validates on it
+    instead: for choosing hyper-parameters without ever looking at the `val_fraction` split (the test split)."""
 
     def __init__(
         self,
         classes: Sequence[int] = tuple(range(10)),
         val_fraction: float = 0.25,
         split_seed: int = 0,
+        holdout_fraction: float | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.classes, self.val_fraction, self.split_seed = list(classes), val_fraction, split_seed
+        self.holdout_fraction = holdout_fraction
 
     def setup(self, stage: str | None = None) -> None:
         from sklearn.datasets import load_digits
@@ -131,5 +136,8 @@ class DigitsDataModule(ImageClassificationData):
         tr, va = train_test_split(
             np.arange(len(labels)), test_size=self.val_fraction, random_state=self.split_seed, stratify=labels.numpy()
         )
+        if self.holdout_fraction:  # the test split `va` is set aside untouched
+            tr, va = train_test_split(tr, test_size=self.holdout_fraction, random_state=self.split_seed,
+                                      stratify=labels[tr].numpy())  # fmt: skip
         self.train_set = TensorDataset(images[tr], labels[tr])
         self.val_set = TensorDataset(images[va], labels[va])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import plots, tables
+from . import plots, tables, tuning
 from .aggregate import (
     coverage,
     load_runs,
@@ -156,6 +156,12 @@ def write_report(runs_dirs: Sequence[str | Path], out: str | Path, manifest: Man
     if manifest.group_by == "data":
         csv = csv.rename(columns={"transfer": "data"})
     csv.to_csv(out / "summary.csv", index=False)
+    extra, frames = tuning.extra_sections(summary, manifest)  # a manifest's `tune` / `rank_against` sections
+    if extra:
+        (out / "table.md").write_text((out / "table.md").read_text().rstrip("\n") + "\n" + extra)
+    for name, frame in frames.items():
+        frame.to_csv(out / f"{name}.csv", index=False)
+        files.append(out / f"{name}.csv")
     return Report(csv, cov, [*files, out / "summary.csv"])
 
 

@@ -12,6 +12,13 @@ metric: {name: accuracy, direction: max, scale: 100}   # or `metrics: [...]`, th
 time_unit: min                          # min | h
 paper_table: tableS9                    # results/paper/<paper_table>.csv, shown beside ours
 note: "..."                             # optional, printed under the report's title
+tune:                                   # optional: one group's value of `key` chosen per method, from a grid
+  group: mini_tuned                     #   the group (its experiment) that runs at each method's chosen value
+  experiment: mini_select               #   the selection runs (their own split: never the reported one)
+  key: task.optimizer.lr
+  grid: [1.0e-3, 3.0e-3, 1.0e-2]
+  seeds: [100]                          #   selection seeds (fresh ones, not the reported seeds)
+rank_against: tableS9                   # optional: the report ranks the methods beside this paper table's
 ```
 
 A manifest spanning several transfers lists `groups: [{experiment, transfer, runs_dir?, overrides?}, ...]`
@@ -42,9 +49,10 @@ METRICS: dict[str, tuple[str, int, float]] = {
     "fid": ("FID", 2, 1.0),
 }
 TOP_KEYS = {"title", "experiment", "transfer", "runs_dir", "overrides", "groups", "methods", "seeds", "metric",
-            "metrics", "time_unit", "paper_table", "aliases", "note", "params"}  # fmt: skip
+            "metrics", "time_unit", "paper_table", "aliases", "note", "params", "tune", "rank_against"}  # fmt: skip
 PARAMS = ("peft_params", "trainable_params")  # what the params column counts: the method alone, or with the head
 GROUP_KEYS = {"experiment", "transfer", "runs_dir", "overrides"}
+TUNE_KEYS = {"group", "experiment", "key", "grid", "seeds", "runs_dir"}
 
 
 class ManifestError(ValueError):
@@ -77,6 +85,18 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Tune:
+    """A value chosen per method on selection runs, then used by one group (scripts/sweep.py runs both)."""
+
+    group: str  # the experiment of the group that uses the chosen values
+    experiment: str
+    runs_dir: Path
+    key: str
+    grid: tuple[float, ...]
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     title: str
@@ -91,6 +111,8 @@ class Manifest:
     params: str = "peft_params"  # the record count shown as params (the paper's DiT table includes the head)
     path: Path | None = None
     group_by: str = "name"  # the record field matched against Group.experiment ("data" without a manifest)
+    tune: Tune | None = None
+    rank_against: str | None = None  # a paper table whose ranking the report shows beside ours
 
     @property
     def metric(self) -> Metric:
@@ -131,6 +153,22 @@ def _group(spec: dict[str, Any], where: str) -> Group:
     return Group(exp, str(spec.get("transfer") or exp), runs, tuple(str(o) for o in spec.get("overrides") or ()))
 
 
+def _tune(spec: Any, groups: tuple[Group, ...], where: str) -> Tune:
+    if not isinstance(spec, dict) or set(spec) - TUNE_KEYS or not {"group", "experiment", "key", "grid"} <= set(spec):
+        raise ManifestError(f"{where}: `tune` needs group, experiment, key, grid (and optionally seeds, runs_dir)")
+    if spec["group"] not in {g.experiment for g in groups}:
+        raise ManifestError(f"{where}: tune.group {spec['group']!r} is none of the groups' experiments")
+    grid, seeds = spec["grid"], spec.get("seeds", [0])
+    if not isinstance(grid, list) or not grid or not all(isinstance(v, (int, float)) for v in grid):
+        raise ManifestError(f"{where}: tune.grid must be a list of numbers, got {grid!r}")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(v, int) for v in seeds):
+        raise ManifestError(f"{where}: tune.seeds must be a list of integers, got {seeds!r}")
+    exp = str(spec["experiment"])
+    runs = Path(spec.get("runs_dir") or f"logs/multiruns/{exp}")
+    runs = runs if runs.is_absolute() else runs_root() / runs
+    return Tune(str(spec["group"]), exp, runs, str(spec["key"]), tuple(float(v) for v in grid), tuple(seeds))
+
+
 def parse_manifest(data: Any, name: str, path: Path | None = None) -> Manifest:
     where = str(path or name)
     if not isinstance(data, dict):
@@ -169,6 +207,10 @@ def parse_manifest(data: Any, name: str, path: Path | None = None) -> Manifest:
     paper = data.get("paper_table")
     if paper is not None and not (PAPER_DIR / f"{paper}.csv").is_file():
         raise ManifestError(f"{where}: paper_table {paper!r} is not in {PAPER_DIR} (e.g. tableS9)")
+    for key in ("paper_table", "rank_against"):
+        table = data.get(key)
+        if table is not None and not (PAPER_DIR / f"{table}.csv").is_file():
+            raise ManifestError(f"{where}: {key} {table!r} is not in {PAPER_DIR} (e.g. tableS9)")
     return Manifest(
         name=name,
         title=str(data.get("title") or name),
@@ -182,6 +224,8 @@ def parse_manifest(data: Any, name: str, path: Path | None = None) -> Manifest:
         note=" ".join(str(data.get("note") or "").split()),
         params=params,
         path=path,
+        tune=_tune(data["tune"], groups, where) if data.get("tune") is not None else None,
+        rank_against=data.get("rank_against"),
     )
 
 

@@ -1,0 +1,166 @@
+"""What `scripts/sweep.py` launches for a manifest, and how: the Hydra multirun commands, the per-method choice
+of a tuned value (a manifest's `tune`), and running them (several at a time, optionally behind one progress bar).
+
+Stages run in order; the commands of one stage may run in parallel (`jobs`). A manifest with `tune` has two
+stages: the selection runs (every method x every grid value, on their own split), then the groups, the tuned
+group once per chosen value with the methods that chose it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .progress import EventTail, SweepDisplay
+from .report.aggregate import read_records
+from .report.manifest import Group, Manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    runs: int  # how many runs it launches (for the progress bar)
+    label: str  # unique among the commands run together
+    log: Path  # where its output goes when a progress bar is shown
+
+    @property
+    def text(self) -> str:
+        import shlex
+
+        return shlex.join(self.argv)
+
+
+def multirun(python: str, experiment: str, methods: Sequence[str], seeds: Sequence[int], *rest: str) -> list[str]:
+    return [python, "run.py", "-m", f"experiment={experiment}", f"peft={','.join(methods)}",
+            f"seed={','.join(map(str, seeds))}", *rest]  # fmt: skip
+
+
+def split(methods: Sequence[str], parts: int) -> list[list[str]]:
+    """`parts` interleaved chunks (slow and fast methods mixed), none empty."""
+    return [list(methods[i::parts]) for i in range(max(1, min(parts, len(methods))))]
+
+
+def group_commands(manifest: Manifest, group: Group, extra: Sequence[str], python: str, jobs: int = 1,
+                   chosen: dict[str, float] | None = None) -> list[Command]:  # fmt: skip
+    """The multirun(s) of one group: one command (split in `jobs` parts), or for the tuned group one per value."""
+    tune = manifest.tune
+    if tune is None or group.experiment != tune.group:
+        batches = [(m, ()) for m in split(manifest.methods, jobs)]
+    else:
+        by_value: dict[float, list[str]] = {}
+        for method in manifest.methods:  # a method without a chosen value (its selection failed) is not run
+            if chosen is None or method in chosen:
+                by_value.setdefault(math.nan if chosen is None else chosen[method], []).append(method)
+        batches = [(m, (f"{tune.key}={v:g}",)) for v, m in by_value.items()]
+    n, tag = len(manifest.seeds), group.experiment
+    return [Command(multirun(python, tag, m, manifest.seeds, *group.overrides, *o, *extra), len(m) * n,
+                    f"{tag}.{i}", group.runs_dir / f"sweep-{i}.log") for i, (m, o) in enumerate(batches)]  # fmt: skip
+
+
+def selection_commands(manifest: Manifest, extra: Sequence[str], python: str, jobs: int = 1) -> list[Command]:
+    tune = manifest.tune
+    assert tune is not None
+    grid = f"{tune.key}={','.join(f'{v:g}' for v in tune.grid)}"
+    n = len(tune.seeds) * len(tune.grid)
+    return [Command(multirun(python, tune.experiment, m, tune.seeds, grid, *extra), len(m) * n,
+                    f"{tune.experiment}.{i}", tune.runs_dir / f"sweep-{i}.log")
+            for i, m in enumerate(split(manifest.methods, jobs))]  # fmt: skip
+
+
+def commands(manifest: Manifest, extra: Sequence[str], python: str = sys.executable, jobs: int = 1,
+             chosen: dict[str, float] | None = None) -> list[Command]:  # fmt: skip
+    """Every group's multirun(s); the tuned group's need `chosen` (else its value reads `nan`)."""
+    return [c for g in manifest.groups for c in group_commands(manifest, g, extra, python, jobs, chosen)]
+
+
+def selection_results(manifest: Manifest) -> dict[str, dict[float, float]]:
+    """method -> grid value -> the metric's mean over the selection seeds (ok runs only)."""
+    tune = manifest.tune
+    assert tune is not None
+    values: dict[tuple[str, float], list[float]] = {}
+    for _, r in read_records([tune.runs_dir] if tune.runs_dir.is_dir() else []):
+        if not r or r.get("status") != "ok" or r.get("metric_best") is None or r.get("seed") not in tune.seeds:
+            continue
+        value = _override(r.get("overrides") or [], tune.key)
+        if value is not None and any(math.isclose(value, v, rel_tol=1e-9) for v in tune.grid):
+            values.setdefault((str(r.get("peft")), value), []).append(float(r["metric_best"]))
+    out: dict[str, dict[float, float]] = {}
+    for (method, value), xs in values.items():
+        out.setdefault(method, {})[value] = sum(xs) / len(xs)
+    return out
+
+
+def choose(manifest: Manifest) -> dict[str, float]:
+    """Each method's best grid value on the selection runs (ties: the smaller value); methods without any ok
+    selection run are missing."""
+    sign = 1.0 if manifest.metric.direction == "max" else -1.0
+    return {m: max(sorted(res), key=lambda v: sign * res[v]) for m, res in selection_results(manifest).items() if res}
+
+
+def _override(overrides: Sequence[str], key: str) -> float | None:
+    for o in overrides:
+        k, _, v = o.lstrip("+").partition("=")
+        if k == key:
+            try:
+                return float(v)
+            except ValueError:
+                return None
+    return None
+
+
+@dataclass
+class _Running:
+    cmd: Command
+    proc: subprocess.Popen
+    tail: EventTail
+    log: object | None
+    started: bool = False  # has a run of its own (not a shared first-use step) started or been skipped?
+
+
+def execute(cmds: Sequence[Command], jobs: int = 1, display: SweepDisplay | None = None) -> int:
+    """Run the commands, up to `jobs` at once; the first non-zero exit status (0 when all succeed).
+
+    The first command runs alone until its first run starts, so a first-use step every run shares (the
+    quickstart's pre-training) is made once. With a display, each command's output goes to
+    `cmd.log` and its runs' events drive the bar; without, output goes to the terminal."""
+    pending, running, rc = list(cmds), [], 0
+    events = Path(tempfile.mkdtemp(prefix="onelora-sweep-"))
+    while pending or running:
+        while pending and len(running) < jobs and all(r.started for r in running):
+            cmd = pending.pop(0)
+            env = {**os.environ, "ONELORA_PROGRESS": str(events / f"{cmd.label}.jsonl")}
+            log = None
+            if display is not None:
+                cmd.log.parent.mkdir(parents=True, exist_ok=True)
+                log = open(cmd.log, "w")  # noqa: SIM115  # closed when the process ends
+            else:
+                print(cmd.text, flush=True)
+            proc = subprocess.Popen(cmd.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+            running.append(_Running(cmd, proc, EventTail(events / f"{cmd.label}.jsonl"), log))
+        time.sleep(0.2)
+        for r in list(running):
+            done = r.proc.poll() is not None
+            for ev in r.tail.read():
+                if display is not None:
+                    display.handle(r.cmd.label, ev)
+                r.started |= ev.get("event") in ("start", "skip") and not ev.get("pretraining")
+            if not done:
+                continue
+            running.remove(r)
+            if r.log is not None:
+                r.log.close()
+            if r.proc.returncode != 0 and rc == 0:
+                rc = r.proc.returncode
+                where = f"; its output: {r.cmd.log}" if display is not None else ""
+                msg = f"sweep: {r.cmd.text} exited with {rc}{where}"
+                display.write(msg) if display is not None else print(msg, file=sys.stderr)
+    return rc

@@ -1,0 +1,105 @@
+"""Report sections for a manifest with `tune` (the per-method choice of a value on selection runs) and
+`rank_against` (our ranking of the methods beside a paper table's).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .manifest import PAPER_DIR, Manifest
+from .plots import method_label
+
+
+def _launch():  # noqa: ANN202  # onelora.launch imports the report package: imported when needed
+    from .. import launch
+
+    return launch
+
+
+def selection_frame(manifest: Manifest) -> pd.DataFrame:
+    """One row per (method, value): the selection metric (mean over selection seeds, printed unit) and `chosen`."""
+    launch = _launch()
+    results, chosen = launch.selection_results(manifest), launch.choose(manifest)
+    m = manifest.metric
+    rows = [{"method": method, "value": v, "metric": results.get(method, {}).get(v, math.nan) * m.scale,
+             "chosen": chosen.get(method) == v} for method in manifest.methods for v in manifest.tune.grid]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def selection_markdown(frame: pd.DataFrame, manifest: Manifest) -> str:
+    tune, m = manifest.tune, manifest.metric
+    values = list(tune.grid)
+    lines = [
+        "## Selection of " + f"`{tune.key}`",
+        "",
+        f"{m.label} of the selection runs (`{tune.experiment}`: a split held out from the training data, seeds "
+        f"{', '.join(map(str, tune.seeds))}; the reported runs' validation split is never used); **bold**: the "
+        f"value each method runs at in group `{tune.group}`.",
+        "",
+        "| Method | " + " | ".join(f"{v:g}" for v in values) + " |",
+        "|---|" + "---:|" * len(values),
+    ]
+    for method in manifest.methods:
+        cells = []
+        for v in values:
+            row = frame[(frame.method == method) & (frame.value == v)].iloc[0]
+            text = "–" if math.isnan(row.metric) else f"{row.metric:.{m.decimals}f}"
+            cells.append(f"**{text}**" if row.chosen else text)
+        lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ranking_frame(summary: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
+    """Per method: the paper's metric and rank, and ours and our rank per transfer (ranks among the methods the
+    paper reports, 1 = best)."""
+    paper = pd.read_csv(PAPER_DIR / f"{manifest.rank_against}.csv")
+    paper = paper[paper.metric_name == manifest.metric.name].drop_duplicates("method").set_index("method")
+    ascending = manifest.metric.direction == "min"
+    out = pd.DataFrame({"method": list(manifest.methods)})
+    out["paper"] = out.method.map(paper.metric_mean)
+    out["paper_rank"] = out.paper.rank(ascending=ascending, method="min")
+    for transfer in manifest.transfers:
+        ours = summary[summary.transfer == transfer].set_index("method").metric_mean  # already in the printed unit
+        out[transfer] = out.method.map(ours)
+        out[f"{transfer} rank"] = out[transfer].where(out.paper.notna()).rank(ascending=ascending, method="min")
+    return out
+
+
+def ranking_markdown(frame: pd.DataFrame, manifest: Manifest) -> str:
+    m, table = manifest.metric, manifest.rank_against
+    head = ["Method", f"Paper ({table}) {m.label}", "rank"]
+    for t in manifest.transfers:
+        head += [f"Ours, {t}", "rank"]
+    lines = [f"## Ranking beside the paper's {table}", "",
+             "Ranks among the methods the paper reports (1 = best); Spearman's ρ between the paper's ranking and "
+             "ours: " + ", ".join(f"{t} {spearman(frame, t):+.2f}" for t in manifest.transfers) + ".", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]  # fmt: skip
+
+    def num(x: float, rank: bool = False) -> str:
+        return "–" if pd.isna(x) else (f"{int(x)}" if rank else f"{x:.{m.decimals}f}")
+
+    for _, r in frame.iterrows():
+        cells = [method_label(r.method), num(r.paper), num(r.paper_rank, True)]
+        for t in manifest.transfers:
+            cells += [num(r[t]), num(r[f"{t} rank"], True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def spearman(frame: pd.DataFrame, transfer: str) -> float:
+    both = frame[["paper_rank", f"{transfer} rank"]].dropna()
+    return float(both.corr(method="spearman").iloc[0, 1]) if len(both) > 2 else math.nan
+
+
+def extra_sections(summary: pd.DataFrame, manifest: Manifest) -> tuple[str, dict[str, pd.DataFrame]]:
+    """The Markdown to append to table.md, and the frames to write as CSV (name -> frame)."""
+    text, frames = "", {}
+    if manifest.tune is not None:
+        frames["selection"] = selection_frame(manifest)
+        text += "\n" + selection_markdown(frames["selection"], manifest)
+    if manifest.rank_against:
+        frames["ranking"] = ranking_frame(summary, manifest)
+        text += "\n" + ranking_markdown(frames["ranking"], manifest)
+    return text, frames

@@ -1,0 +1,104 @@
+"""`make mini` (experiments/mini.yaml): the manifest, the lr choice, the holdout split, and a 1-epoch 1-seed run."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT, hydra_cfg
+
+from onelora.data.classification import DigitsDataModule
+from onelora.launch import choose, commands, selection_commands
+from onelora.report import load_manifest, write_report
+from onelora.report.manifest import parse_manifest
+
+TABLE_S9 = ["mora1", "mora6", "bitfit", "difffit", "lora", "vera", "dora", "onelora", "onelora_norms", "full"]
+
+
+def _runs(cmds) -> set[tuple[str, str, int]]:  # noqa: ANN001
+    """(experiment, method, seed) of every run the commands launch."""
+    out = set()
+    for c in cmds:
+        args = dict(a.split("=", 1) for a in c.argv[3:] if "=" in a)
+        for m in args["peft"].split(","):
+            out |= {(args["experiment"], m, int(s)) for s in args["seed"].split(",")}
+    return out
+
+
+def test_mini_manifest_composes_and_its_runs_are_methods_times_seeds(tmp_path: Path) -> None:
+    m = load_manifest("mini")
+    assert list(m.methods) == [*TABLE_S9, "head"] and m.seeds == (0, 1, 2, 3)
+    assert [g.experiment for g in m.groups] == ["mini_one_lr", "mini_tuned"] and m.tune.group == "mini_tuned"
+    chosen = {method: 1e-2 if i % 2 else 1e-3 for i, method in enumerate(m.methods)}
+    for jobs in (1, 2):
+        cmds = commands(m, [], "python", jobs, chosen)
+        expected = {(g.experiment, meth, s) for g in m.groups for meth in m.methods for s in m.seeds}
+        assert _runs(cmds) == expected and sum(c.runs for c in cmds) == len(expected)
+        sel = selection_commands(m, [], "python", jobs)
+        assert _runs(sel) == {("mini_select", meth, 100) for meth in m.methods}
+        assert all("task.optimizer.lr=0.001,0.003,0.01,0.03" in c.argv for c in sel)
+    tuned = [c for c in commands(m, [], "python", 1, chosen) if "experiment=mini_tuned" in c.argv]
+    assert {a for c in tuned for a in c.argv if a.startswith("task.optimizer.lr=")} == {
+        "task.optimizer.lr=0.01", "task.optimizer.lr=0.001"}  # fmt: skip
+    for exp in ("mini_one_lr", "mini_tuned", "mini_select"):
+        with hydra_cfg(tmp_path, f"experiment={exp}") as cfg:
+            assert cfg.name == exp and cfg.model.name == "vit_digits" and cfg.task.optimizer.lr == 1e-2
+            assert cfg.data.module.get("holdout_fraction") == (0.2 if exp == "mini_select" else None)
+
+
+def test_the_holdout_split_is_carved_from_the_training_part_only() -> None:
+    plain, held = DigitsDataModule(classes=[5, 6], batch_size=4), DigitsDataModule(classes=[5, 6], batch_size=4,
+                                                                                    holdout_fraction=0.2)  # fmt: skip
+    plain.setup(), held.setup()
+
+    def rows(ds) -> set[bytes]:  # noqa: ANN001
+        return {x.numpy().tobytes() + bytes([int(y)]) for x, y in zip(*ds.tensors)}
+
+    test, train = rows(plain.val_set), rows(plain.train_set)
+    assert rows(held.val_set) | rows(held.train_set) == train and not rows(held.val_set) & test
+    assert len(held.val_set) == pytest.approx(0.2 * len(plain.train_set), abs=1)
+
+
+def _record(root: Path, method: str, lr: float, best: float, seed: int = 100) -> None:
+    d = root / method / f"seed{seed}" / f"task.optimizer.lr={lr:g}"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"peft": method, "seed": seed, "status": "ok", "metric_best": best,
+                                               "overrides": [f"task.optimizer.lr={lr:g}"]}))  # fmt: skip
+
+
+def test_each_method_gets_its_best_value_on_the_selection_runs(tmp_path: Path) -> None:
+    spec = yaml.safe_load((ROOT / "experiments" / "mini.yaml").read_text())
+    spec["tune"]["runs_dir"] = str(tmp_path)
+    m = parse_manifest(spec, "mini")
+    _record(tmp_path, "lora", 1e-3, 0.5), _record(tmp_path, "lora", 3e-3, 0.7), _record(tmp_path, "lora", 1e-2, 0.6)
+    _record(tmp_path, "onelora", 1e-2, 0.8), _record(tmp_path, "onelora", 3e-2, 0.8)  # a tie: the smaller value
+    _record(tmp_path, "bitfit", 1e-1, 0.9)  # off the grid: ignored
+    _record(tmp_path, "bitfit", 1e-3, 0.9, seed=0)  # not a selection seed: ignored
+    assert choose(m) == {"lora": 3e-3, "onelora": 1e-2}
+
+
+def test_a_one_epoch_one_seed_mini_runs_and_reports_every_method(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    spec = yaml.safe_load((ROOT / "experiments" / "mini.yaml").read_text())
+    spec |= {"seeds": [0], "tune": {**spec["tune"], "grid": [1e-2]}}
+    path = tmp_path / "mini1.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("ONELORA_ROOT", str(tmp_path))  # runs, data cache and the pre-trained ViT under tmp_path
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sweep = runpy.run_path(str(ROOT / "scripts" / "sweep.py"), run_name="sweep")["main"]
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+            '+model.pretrain_overrides=["trainer.max_epochs=1","trainer.limit_train_batches=2"]']  # fmt: skip
+    assert sweep([str(path), "--progress", *tiny]) == 0
+    err = capsys.readouterr().err
+    finished = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("ok ")]
+    assert len(finished) == 11 * 3  # one line per run: selection, one lr, tuned
+    assert "pre-training vit_digits" in err and "chosen task.optimizer.lr:" in err
+    manifest = load_manifest(path)
+    report = write_report([d for g in manifest.groups for d in g.dirs], tmp_path / "report", manifest)
+    assert (report.summary.n_ok == 1).all() and len(report.summary) == 2 * 11
+    text = (tmp_path / "report" / "table.md").read_text()
+    for label in ("MoRA", "BitFit", "DiffFit", "LoRA", "VeRA", "DoRA", "1LoRA", "All", "Head only"):
+        assert text.count(f"| {label}") >= 4, label  # both protocols, the selection and the ranking
+    assert "## Selection of `task.optimizer.lr`" in text and "## Ranking beside the paper's tableS9" in text
