@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onelora.peft import PeftError, apply_peft, count_parameters, disable_peft, merge_peft
-from onelora.peft.layer import AdaptedQuantized
+from onelora.peft.bases import AdaptedQuantized
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend notes a missing optional kernel
 bnb = pytest.importorskip("bitsandbytes")

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layer import AdaptedLayer, AdaptedQuantized, describe, layer_kind, wrapper_class
+from .bases import AdaptedQuantized, describe, layer_kind, wrapper_class
+from .layer import AdaptedLayer
 from .registry import Method, PeftError, resolve_method
 
 # Task heads left to the task by default (never adapted): transformers' classifier and
