@@ -1,6 +1,6 @@
 """`make bench`: training cost of every method (ours and HF peft's) as ratios to BitFit, on a ViT and a Llama stack.
 
-    python scripts/bench.py                       # defaults: ~2 min on 2 CPU cores
+    python scripts/bench.py                       # defaults: ~3-4 min on 2 CPU cores
     python scripts/bench.py --device cuda --dtype bfloat16 --vit-hidden 768 --llama-hidden 4096 --llama-layers 2
     python scripts/bench.py --layers              # one linear layer: BitFit, the paper's listing, merged-weight, ours
     python scripts/bench.py --models qlora        # only the 4-bit (bitsandbytes NF4) Llama stack: 1LoRA vs LoRA r=1

@@ -74,6 +74,10 @@ def test_conv1d_is_adapted_exactly_like_linear(gpt2, method, tmp_path):
     torch.testing.assert_close(model(ids).logits, ref, atol=1e-6, rtol=1e-5)  # step 0: the base model
     ours, theirs = count_parameters(model), count_parameters(twin)
     assert (ours.peft, ours.trainable, ours.groups) == (theirs.peft, theirs.trainable, theirs.groups)
+    if method in ("onelora", "bitfit"):  # d per layer: c_attn 48, attn.c_proj 16, c_fc 64, mlp.c_proj 16; 2 blocks
+        assert ours.peft == sum(base.get_submodule(n).nf for n in conv1d) == 2 * (48 + 16 + 64 + 16)
+    if method == "lora":  # k + d per layer
+        assert ours.peft == 2 * ((16 + 48) + (16 + 16) + (16 + 64) + (64 + 16))
 
     perturb(model)
     twin_params = dict(twin.named_parameters())
