@@ -17,9 +17,10 @@ from helpers import CONFIGS, hydra_cfg, write_cifar10
 pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402
 
+from onelora.errors import user_errors  # noqa: E402
 from onelora.models import build_model  # noqa: E402
 from onelora.peft import PeftError, apply_peft, count_parameters, load_peft, merge_peft, save_peft  # noqa: E402
-from onelora.train import build_peft_model, dry_run, train  # noqa: E402
+from onelora.train import build_peft_model, dry_run, run, train  # noqa: E402
 
 PAPER_MODELS = ["vit_base_in21k", "depth_anything_large", "llama2_7b", "llama2_13b", "dit_xl_2_256"]
 HF_CONFIGS = sorted(p.stem for p in (CONFIGS / "peft").glob("hf_*.yaml"))
@@ -152,3 +153,26 @@ def test_bad_peer_config_is_one_line(options: dict, message: str) -> None:
     assert "\n" not in str(err.value)
     assert not any(p.requires_grad is False for p in model.parameters())  # refused before touching the model
     assert count_parameters(model).adapted_layers == 0
+
+
+def test_init_adapter_is_checked_by_the_dry_run_and_bad_ones_exit_2(tmp_path: Path) -> None:
+    """A run starts from a saved adapter (`init_adapter=`); the dry run checks it on the meta model; a damaged
+    folder is a user error (one line, exit 2 from run.py)."""
+    model, _ = tiny_vit(tmp_path, "onelora")
+    save_peft(model, tmp_path / "ours")
+    save_peft(model, tmp_path / "as_peft", format="peft")
+    for folder in ("ours", "as_peft"):
+        overrides = ["model=vit_tiny", "task=classification", "peft=onelora", "dry_run=true"]
+        with hydra_cfg(tmp_path, *overrides, f"init_adapter={tmp_path / folder}") as cfg:
+            assert dry_run(cfg)["peft_params"] == 448
+    with hydra_cfg(tmp_path, "model=vit_tiny", "task=classification", "peft=lora", "dry_run=true",
+                   f"init_adapter={tmp_path / 'as_peft'}") as cfg:  # fmt: skip
+        with pytest.raises(PeftError, match="the adapter is 'onelora' .* model has 'lora'; choose peft=onelora"):
+            dry_run(cfg)
+    weights = tmp_path / "ours" / "peft_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    overrides = ["model=vit_tiny", "task=classification", "dry_run=true", f"init_adapter={tmp_path / 'ours'}"]
+    with hydra_cfg(tmp_path, *overrides) as cfg, pytest.raises(user_errors()) as err:
+        run(cfg)  # run.py prints a user error as one line and exits 2 (tests/test_train.py runs the CLI)
+    assert "peft_weights.safetensors is not a readable safetensors file" in str(err.value)
+    assert "\n" not in str(err.value)

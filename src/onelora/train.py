@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import ConfigError, user_errors  # noqa: F401  (re-exported: onelora.train.ConfigError, user_errors)
 from .models import build_model
-from .peft import DEFAULT_HEADS, ParameterCount, apply_peft, count_parameters, merge_peft
+from .peft import DEFAULT_HEADS, ParameterCount, apply_peft, count_parameters, load_peft, merge_peft
 from .progress import run_event
 from .record import (  # noqa: F401  (re-exported: the record's helpers lived here)
     RECORD,
@@ -60,6 +60,8 @@ def peft_kwargs(cfg: DictConfig) -> dict[str, Any]:
 def build_peft_model(cfg: DictConfig, meta: bool = False) -> tuple[torch.nn.Module, ParameterCount]:
     model = build_model(cfg.model, pretrained=not meta, meta=meta)
     apply_peft(model, cfg.peft.name, **peft_kwargs(cfg))
+    if cfg.get("init_adapter"):  # save_peft's or HF peft's folder, loaded strictly (checked by the dry run too)
+        load_peft(model, cfg.init_adapter)
     return model, count_parameters(model)
 
 

@@ -130,7 +130,8 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], where:
                 f"{where}: {key!r} is {tuple(t.shape)} in the file and {tuple(expected[key].shape)} in the model "
                 "(saved from another architecture or with other options?)"
             )
-    model.load_state_dict(tensors, strict=False)
+    if not any(t.is_meta for t in expected.values()):  # a meta model (the dry run) has nothing to fill
+        model.load_state_dict(tensors, strict=False)
 
 
 def load_peft(model: nn.Module, path: str | os.PathLike) -> nn.Module:
