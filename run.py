@@ -21,7 +21,8 @@ def main(cfg: DictConfig) -> None:
     from onelora.logs import quiet_dependencies
     from onelora.train import run
 
-    quiet_dependencies()  # after Hydra configured logging: dependency chatter to run.log only
+    if not cfg.dry_run:  # a dry run imports neither Lightning nor the loaders: nothing to quiet, seconds saved
+        quiet_dependencies()  # after Hydra configured logging: dependency chatter to run.log only
     try:
         run(cfg)
     except Exception as e:
@@ -32,6 +33,10 @@ def main(cfg: DictConfig) -> None:
 
         record_failure(cfg, e)
         sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if sweep:
+            from onelora.record import SweepOutcome
+
+            SweepOutcome.job_errors[str(Path(HydraConfig.get().runtime.output_dir))] = "failed"
         if not isinstance(e, user_errors()):
             if not sweep:
                 raise

@@ -225,13 +225,14 @@ class SweepOutcome(_hydra_callback_base()):
     after a multirun, the jobs whose record is not `ok` are counted (`failed_jobs`) and listed."""
 
     failed_jobs: list[str] = []  # class-level: read by run.py after Hydra returns
+    job_errors: dict[str, str] = {}  # run dir -> status, noted by run.py for the jobs that raised in this process
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
         self._check(config, "run")
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         self._started = time.time() - 1.0  # the records this sweep writes are newer than this
-        type(self).failed_jobs = []
+        type(self).failed_jobs, type(self).job_errors = [], {}
         self._check(config, "sweep")
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
@@ -243,14 +244,14 @@ class SweepOutcome(_hydra_callback_base()):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         mine = set(getattr(self, "_jobs", []))  # other multiruns may share the sweep dir (scripts/sweep.py --jobs)
-        failed = []
+        failed = dict(type(self).job_errors)  # e.g. refused by another process's lock: that record is not ours
         for path in sorted(sweep_dir.rglob(RECORD)):
             record = read_record(path)
             if mine and path.parent.resolve() not in mine:
                 continue
             if _mtime(path) >= self._started and (record is None or record.get("status") != "ok"):
-                status = "unreadable" if record is None else effective_status(record)
-                failed.append(f"{status}: {path.parent}")
+                failed.setdefault(str(path.parent), "unreadable" if record is None else effective_status(record))
+        failed = [f"{status}: {where}" for where, status in sorted(failed.items())]
         type(self).failed_jobs = failed
         if failed:
             print(f"{len(failed)} job(s) of this sweep did not end ok:", *failed, sep="\n  ", file=sys.stderr)
@@ -289,6 +290,8 @@ def record_failure(cfg: Any, error: BaseException) -> None:
         path = Path(str(cfg.paths.output_dir)) / RECORD
         current = read_record(path)
         if current and current.get("pid") == os.getpid() and current.get("status") != "running":
+            return
+        if current and current.get("status") == "ok" and not cfg.get("rerun"):  # a finished run stays finished
             return
         if current and current.get("status") == "running" and not holder_gone(current):
             return
