@@ -110,12 +110,12 @@ def depth_input_hw(cfg: Any) -> tuple[int, int]:
     data = cfg.data.get("module") or {}
     size = data.get("input_size", cfg.model.get("image_size") or 518)
     size = size if size is None or isinstance(size, int) else [int(x) for x in size]
-    keep_aspect, multiple_of = bool(data.get("keep_aspect", True)), int(data.get("multiple_of", 14))
+    policy = {k: data[k] for k in ("keep_aspect", "multiple_of", "resize_method") if data.get(k) is not None}
     dataset = data.get("dataset")
     if dataset is None or size is None:  # no data set named: a square model-sized input
         side = int(cfg.model.get("image_size") or 518)
-        return input_hw(side, side, size, multiple_of, keep_aspect) if size is not None else (side, side)
-    return dataset_input_hw(str(dataset), size, keep_aspect, multiple_of)
+        return input_hw(side, side, size, **policy) if size is not None else (side, side)
+    return dataset_input_hw(str(dataset), size, **policy)
 
 
 def kind_inputs(kind: str, model: nn.Module, batch_size: int, cfg: Any) -> dict[str, Any] | None:
