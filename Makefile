@@ -5,7 +5,7 @@ EXP     ?= fig6
 RUNS    ?=
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo mini readme-tables test lint bench report sweep paper-figures clean
+.PHONY: install demo mini readme-tables test lint bench costs report sweep paper-figures clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -43,6 +43,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+
+# The paper's time and memory columns of a table, measured on random weights at full size (a GPU; see README
+# "Costs"): make costs EXP=fig4 [ARGS="--steps 20 --methods onelora,lora"]. Writes results/costs/$(EXP).{csv,md,png}.
+costs: $(STAMP)
+	$(PY) scripts/costs.py $(EXP) $(ARGS)
 
 # EXP names a manifest in experiments/ (fig6, table2, ...; aliases like fig6_cifar10 work too).
 # make sweep EXP=fig6 ARGS="hydra/launcher=slurm hydra.launcher.partition=gpu"
