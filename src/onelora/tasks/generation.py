@@ -139,7 +139,7 @@ class GenerationTask(PeftTask):
         self.grid_cfg = {"size": 16, "nrow": 8, **dict(grid or {})}
         self.ema_cfg = {"enabled": True, "decay": 0.9999, **dict(ema or {})}
         self.sample_seed = sample_seed
-        if tf32:  # DiT's train.py and sample_ddp.py: fp32 weights and activations, TF32 matmuls and convolutions
+        if tf32 and torch.cuda.is_available():  # DiT's train.py and sample_ddp.py: fp32, TF32 matmuls and convolutions
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.vae: nn.Module | None = None
         self.fid: nn.Module | None = None
