@@ -19,7 +19,15 @@ from peft import PeftModel  # noqa: E402
 
 from onelora.errors import user_errors  # noqa: E402
 from onelora.models import build_model  # noqa: E402
-from onelora.peft import PeftError, apply_peft, count_parameters, load_peft, merge_peft, save_peft  # noqa: E402
+from onelora.peft import (  # noqa: E402
+    PeftError,
+    apply_peft,
+    count_parameters,
+    disable_peft,
+    load_peft,
+    merge_peft,
+    save_peft,
+)
 from onelora.train import build_peft_model, dry_run, run, train  # noqa: E402
 
 PAPER_MODELS = ["vit_base_in21k", "depth_anything_large", "llama2_7b", "llama2_13b", "dit_xl_2_256"]
@@ -47,6 +55,13 @@ def tiny_vit(tmp_path: Path, method: str):
     with hydra_cfg(tmp_path, "model=vit_tiny", "task=classification", f"peft={method}") as cfg:
         torch.manual_seed(0)
         return build_peft_model(cfg)
+
+
+def vit_base(tmp_path: Path) -> torch.nn.Module:
+    """The tiny ViT with the same random weights as `tiny_vit`'s, no method."""
+    with hydra_cfg(tmp_path, "model=vit_tiny", "task=classification") as cfg:
+        torch.manual_seed(0)
+        return build_model(cfg.model, pretrained=False)
 
 
 @pytest.mark.parametrize("method", HF_CONFIGS)
@@ -96,9 +111,7 @@ def test_peer_adapters_save_in_both_formats(tmp_path: Path, method: str) -> None
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
-    with hydra_cfg(tmp_path, "model=vit_tiny", "task=classification") as cfg:
-        torch.manual_seed(0)
-        base = build_model(cfg.model, pretrained=False)  # the same random weights, no method
+    base = vit_base(tmp_path)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(pixel_values=x).logits
@@ -128,6 +141,12 @@ def test_merge_folds_peer_layers_into_plain_ones(tmp_path: Path, method: str) ->
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(pixel_values=x).logits
+        with disable_peft(model):  # the base model alone (the head is the task's, it stays)
+            off = model(pixel_values=x).logits
+        base = vit_base(tmp_path)
+        base.classifier.load_state_dict(model.classifier.state_dict())
+        torch.testing.assert_close(off, base(pixel_values=x).logits, atol=1e-6, rtol=1e-6)
+        assert torch.equal(model(pixel_values=x).logits, expected)  # back on at exit
         merge_peft(model)
         merged = model(pixel_values=x).logits
     assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())

@@ -292,11 +292,14 @@ def disable_peft(model: nn.Module) -> Iterator[nn.Module]:
     if resolve_method(cfg["method"]).full:
         raise PeftError("full fine-tuning changed the weights in place; there is no adapter to switch off")
     layers = [m for m in model.modules() if isinstance(m, AdaptedLayer)]
+    hf_layers = [m for m in model.modules() if getattr(m, "adapter_layer_names", ())]  # peft=hf_*: peft's switch
     params = dict(model.named_parameters())
     swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
     try:
         for layer in layers:
             layer.peft_enabled = False
+        for layer in hf_layers:
+            layer.enable_adapters(False)
         for name, initial in getattr(model, "_peft_frozen_norms", {}).items():
             p = params[name]
             swapped.append((p, p.data))
@@ -305,6 +308,8 @@ def disable_peft(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer in layers:
             layer.__dict__.pop("peft_enabled", None)
+        for layer in hf_layers:
+            layer.enable_adapters(True)
         for p, data in swapped:
             p.data = data
 
