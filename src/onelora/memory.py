@@ -315,6 +315,27 @@ def estimate_from_config(model: nn.Module, cfg: Any, device_type: str = "cuda") 
     )
 
 
+def largest_fitting_batch(model: nn.Module, cfg: Any, budget_bytes: int) -> dict[str, float]:
+    """How many sequences (causal LM) or images per micro-batch fit `budget_bytes` per process, by the estimate.
+
+    Everything but the activations is independent of the micro-batch, and the activations are proportional to
+    it (fixed sequence length / image size), so two estimates (micro-batch 1 and 2) give the line; `max_batch` is
+    the largest whole micro-batch under the budget, `max_tokens` it times the sequence length (causal LM).
+    """
+    from omegaconf import open_dict
+
+    totals = []
+    for b in (1, 2):
+        sized = cfg.copy()
+        with open_dict(sized):
+            sized.data.module.batch_size = b
+        totals.append(estimate_from_config(model, sized)["total"])
+    fixed, per_batch = 2 * totals[0] - totals[1], totals[1] - totals[0]
+    max_batch = int((budget_bytes - fixed) // per_batch) if budget_bytes > fixed else 0
+    length = int((cfg.data.get("module") or {}).get("max_length") or 1)
+    return {"fixed": fixed, "per_batch": per_batch, "max_batch": max_batch, "max_tokens": max_batch * length}
+
+
 def _gib(n: int) -> str:
     for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= size:
