@@ -276,3 +276,33 @@ def test_peft_adapter_into_a_model_with_the_same_method(tmp_path):
         load_peft(apply_peft(copy.deepcopy(base), "onelora"), tmp_path)
     with pytest.raises(PeftError, match="LoRA scale is 2.5, the model's 0.5: set alpha"):
         load_peft(apply_peft(copy.deepcopy(base), "lora", rank=2, alpha=1.0), tmp_path)
+
+
+def tiny_gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=32, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(cfg).eval()  # eval: no dropout
+
+
+IDS = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("method", ["onelora", "lora", "vera"])
+def test_gpt2_conv1d_adapters_both_ways(method, tmp_path):
+    """transformers' Conv1D (GPT-2): exported with fan_in_fan_out, loaded by peft; read back into our layers."""
+    base = tiny_gpt2()
+    model = apply_peft(copy.deepcopy(base), method, **EXPORTABLE[method])
+    perturb(model)
+    with torch.no_grad():
+        ours = model(IDS).logits
+        assert not torch.allclose(ours, base(IDS).logits, **TOL)
+    save_peft(model, tmp_path, format="peft")
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+    theirs = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path)).eval()
+    back = load_peft(copy.deepcopy(base), tmp_path)
+    assert back.peft_config["method"] == method
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(IDS).logits, ours, **TOL)
+        torch.testing.assert_close(back(IDS).logits, ours, **TOL)

@@ -30,6 +30,7 @@ from .registry import PeftError, resolve_method
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."  # peft's key prefix for the wrapped model's modules
+EXPORTED_LAYERS = ("AdaptedLinear", "AdaptedConv1D")
 _warned_heads = False
 
 
@@ -135,11 +136,13 @@ def _adapter_to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
     if "norms" in method.extras:
         raise _no_peft_form(cfg["method"], "trained normalisation layers")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLinear) or hasattr(m, "peft_enabled")}
-    other = sorted(n for n, m in layers.items() if type(m) is not AdaptedLinear)
-    if other:
-        kind = type(layers[other[0]]).__name__
+    kinds_of_layer = {type(m).__name__ for m in layers.values()}
+    other = sorted(n for n, m in layers.items() if type(m).__name__ not in EXPORTED_LAYERS)
+    if other or kinds_of_layer == set(EXPORTED_LAYERS):
+        what = f"{other[0]!r} is a {type(layers[other[0]]).__name__}" if other else "this model mixes both"
         raise PeftError(
-            f"format='peft' exports adapters of nn.Linear layers; {other[0]!r} is a {kind}: save_peft(model, dir) in onelora's format"
+            f"format='peft' exports adapters of nn.Linear or of transformers Conv1D layers; {what}: "
+            "save_peft(model, dir) in onelora's format"
         )
     if not layers:
         raise PeftError(
@@ -147,7 +150,10 @@ def _adapter_to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
         )
     heads, with_bias = list(cfg.get("head") or []), "bias" in method.extras
     kinds = {type(m.adapter).__name__ for m in layers.values()}
-    common: dict[str, Any] = {"target_modules": _target_modules(model, list(layers), heads)}
+    common: dict[str, Any] = {
+        "target_modules": _target_modules(model, list(layers), heads),
+        "fan_in_fan_out": kinds_of_layer == {"AdaptedConv1D"},  # GPT-2's Conv1D: peft's flag, same A and B
+    }
     opts = cfg.get("options", {})
     tensors: dict[str, Tensor] = {}
     if kinds == {"VeRA"}:

@@ -20,6 +20,7 @@ from .registry import PeftError
 from .serialization import names_list
 
 ADAPTER_PARTS = ("lora_", "vera_", "miss_")
+READ_LAYERS = ("Linear", "AdaptedLinear", "Conv1D", "AdaptedConv1D")  # nn.Linear, transformers' Conv1D
 READABLE = "LORA (with or without DoRA), VERA and MISS with r=1"
 
 
@@ -44,8 +45,6 @@ def _unsupported(config: Any, where: str) -> str | None:
     kind = type(config).__name__
     if getattr(config, "bias", "none") != "none":
         return f"bias={config.bias!r} (base biases inside the adapter)"
-    if getattr(config, "fan_in_fan_out", False):
-        return "fan_in_fan_out=True (Conv1D layers)"
     if kind == "MissConfig" and (config.r != 1 or config.init_weights is not True):
         return f"MiSS with r={config.r}, init_weights={config.init_weights!r} (only r=1, init_weights=True is 1LoRA)"
     if kind == "LoraConfig":
@@ -97,14 +96,12 @@ def from_peft(model: nn.Module, raw: dict[str, Any], tensors: dict[str, Tensor],
             f"{where}: adapts {names_list(foreign)}, which this model lacks (saved from another architecture?)"
         )
     wrong = sorted(
-        n
-        for n in names | _expected_names(model, config)
-        if type(model.get_submodule(n)) not in (nn.Linear, AdaptedLinear)
+        n for n in names | _expected_names(model, config) if type(model.get_submodule(n)).__name__ not in READ_LAYERS
     )
     if wrong:
         layer = model.get_submodule(wrong[0])
         raise PeftError(
-            f"{where}: adapts {wrong[0]!r}, a {type(layer).__name__}; load_peft reads adapters of nn.Linear layers"
+            f"{where}: adapts {wrong[0]!r}, a {type(layer).__name__}; load_peft reads adapters of nn.Linear and transformers Conv1D layers"
         )
     expected = _expected_names(model, config)
     missing = sorted(expected - names)
