@@ -216,6 +216,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         print(f"run diverged: {e}", file=sys.stderr)
     except SIGTERMException:  # Lightning stopped at a step end; RunCheckpoint saved a checkpoint there
         record.update(status="interrupted", error="stopped by SIGTERM; re-running the same command resumes")
+        record.update(metric_best=getattr(task, "best", None), metrics=getattr(task, "final_metrics", {}))
         stopped = True
     except KeyboardInterrupt:
         record["status"] = "interrupted"

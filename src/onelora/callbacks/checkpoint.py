@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import lightning as L
@@ -13,7 +14,7 @@ log = logging.getLogger("onelora")
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, with two differences.
+    """Lightning's ModelCheckpoint, with three differences.
 
     - A step interval replaces the per-epoch checkpoint: `callbacks.checkpoint.every_n_train_steps=200` alone
       checkpoints every 200 steps (Lightning refuses every_n_train_steps together with every_n_epochs, which the
@@ -21,6 +22,7 @@ class RunCheckpoint(ModelCheckpoint):
     - When SIGTERM stops the run (SLURM's preemption or time limit, `scancel`, submitit's requeue signal) a
       checkpoint is written at the step where Lightning stopped, so the requeued run loses nothing. Other
       exceptions (a diverged loss, a bug) save nothing: their state is not worth resuming.
+    - No version suffixes: after a resume, `last.ckpt` still names the newest checkpoint.
     """
 
     def __init__(
@@ -28,7 +30,15 @@ class RunCheckpoint(ModelCheckpoint):
     ) -> None:
         if every_n_train_steps:
             every_n_epochs = None
+        # a resumed run re-links last.ckpt and rewrites a step's file, instead of adding last-v1.ckpt, step-v1...
+        # (the checkpoint it resumed from was saved before its own link existed, so Lightning would version)
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs, **kwargs)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        with warnings.catch_warnings():  # a resumed run's folder holds its checkpoints: that is no surprise
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
