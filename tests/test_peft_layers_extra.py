@@ -216,3 +216,19 @@ def test_disable_peft_runs_the_frozen_base_and_reenables(gpt2, method):
     with pytest.raises(PeftError, match="no adapter to switch off"):
         with disable_peft(apply_peft(copy.deepcopy(base), "full")):
             pass
+
+
+@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False")  # peft's note on GPT-2's Conv1D
+def test_disable_peft_switches_off_hf_peft_tuners_too(gpt2):
+    """peft=hf_* methods keep peft's own layers in the model: disable_peft uses their switch."""
+    base, _, ids = gpt2
+    ref = base(ids).logits
+    model = apply_peft(copy.deepcopy(base), "hf_lora_r1", config_class="LoraConfig", config={"r": 1})
+    perturb(model)
+    adapted = model(ids).logits
+    assert (adapted - ref).abs().max() > 1e-3
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    with disable_peft(model):
+        torch.testing.assert_close(model(ids).logits, ref, atol=0, rtol=0)
+    torch.testing.assert_close(model(ids).logits, adapted, atol=0, rtol=0)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
