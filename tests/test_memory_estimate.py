@@ -155,3 +155,18 @@ def test_meta_trace_equals_a_real_cpu_trace(method: str, tmp_path: Path) -> None
     meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     fake = saved_activations(model.to("meta"), meta, "bfloat16", device_type="cpu")["total"]
     assert real > 0 and fake == real
+
+
+def test_largest_fitting_batch_is_linear_in_the_micro_batch(tmp_path: Path) -> None:
+    from onelora.memory import largest_fitting_batch
+
+    with hydra_cfg(tmp_path, "experiment=math_llama2_13b", "model=llama_tiny", "peft=lora", "dry_run=true") as cfg:
+        model, _ = build_peft_model(cfg, meta=True)
+        fit = largest_fitting_batch(model, cfg, budget_bytes=0)
+        budget = fit["fixed"] + 3 * fit["per_batch"] + 1024
+        three = cfg.copy()
+        three.data.module.batch_size = 3
+        # a line, up to a few bytes (kernels' scalars and padding)
+        assert abs(estimate_from_config(model, three)["total"] - fit["fixed"] - 3 * fit["per_batch"]) <= 64
+        fit = largest_fitting_batch(model, cfg, budget_bytes=budget)
+    assert fit["max_batch"] == 3 and fit["max_tokens"] == 3 * cfg.data.module.max_length
