@@ -372,6 +372,8 @@ def measure(experiment: str, method: str, settings: Settings, on_step: Callable[
                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
                 default_root_dir=tmp,
             )  # fmt: skip
+        if device.type == "cuda":  # the fp32 initialisation's blocks are not part of the run's memory
+            torch.cuda.empty_cache()
         with quiet(), SavedBytes(model) as saved, PeakRSS() as rss:
             trainer.fit(task, train_dataloaders=loader)
         peak_alloc = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
