@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from onelora.costs import CostsError, Settings, markdown, run_costs, write_outputs
+    from onelora.errors import user_errors
     from onelora.report.manifest import ManifestError, load_manifest
 
     try:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(args.steps, args.warmup, args.device, args.layers, tuple(args.overrides))
         methods = [m for m in args.methods.split(",") if m] or None
         rows = run_costs(manifest, settings, methods)
-    except (CostsError, ManifestError) as e:
+    except (CostsError, ManifestError, *user_errors()) as e:
         print(f"costs: {e}", file=sys.stderr)
         return 2
     import torch

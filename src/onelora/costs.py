@@ -66,16 +66,17 @@ def composed(experiment: str, method: str, overrides: Sequence[str], workdir: Pa
     from hydra.errors import HydraException
 
     paths = [f"paths.{k}={workdir / k}" for k in ("data_dir", "log_dir", "cache_dir", "output_dir")]
-    try:
-        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        try:
             cfg = compose(
                 config_name="config",
                 overrides=[f"experiment={experiment}", f"peft={method}", "logger=none", *paths, *overrides],
             )
-            random_weights(cfg)
-            yield cfg
-    except HydraException as e:
-        raise CostsError(f"cannot compose experiment={experiment} peft={method}: {str(e).splitlines()[0]}") from None
+        except HydraException as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CostsError(f"cannot compose experiment={experiment} peft={method}: {msg}") from None
+        random_weights(cfg)
+        yield cfg
 
 
 def random_weights(cfg: DictConfig) -> None:
