@@ -11,7 +11,6 @@ import logging
 import os
 import runpy
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +39,11 @@ def _signal_at(step: int, name: str, once: Path | None = None) -> list[str]:
     out = ["+callbacks.signal._target_=helpers.SignalAtStep", f"+callbacks.signal.step={step}",
            f"+callbacks.signal.signal={name}"]  # fmt: skip
     return out + ([f"+callbacks.signal.once={once}"] if once else [])
+
+
+def _kill_at(step: int) -> list[str]:
+    return ["+callbacks.kill._target_=helpers.SignalAtStep", f"+callbacks.kill.step={step}",
+            "+callbacks.kill.signal=SIGKILL"]  # fmt: skip
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -87,40 +91,32 @@ def _same_result(a: dict, b: dict) -> None:
     assert a["metrics"] == pytest.approx(b["metrics"], abs=1e-6) and a["metric_best"] == b["metric_best"]
 
 
-# --- 14.1 + 14.2: kill -9 in the middle of an epoch, then SIGTERM, then the end: the uninterrupted result ----------
-def test_kill9_mid_epoch_then_sigterm_resume_exactly(straight: tuple[dict, Path], tmp_path: Path) -> None:
+# --- 14.1 + 14.2: SIGTERM, submitit's requeue signal, kill -9 mid-epoch: each resumes to the uninterrupted result --
+def test_sigterm_requeue_and_kill9_resume_exactly(straight: tuple[dict, Path], tmp_path: Path) -> None:
+    """One run directory through three stops (real signals to real processes), then the end, in-process."""
     write_cifar10(tmp_path / "data" / "cifar_synthetic")
     run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
-    proc = _cli(*COMMON, *_paths(tmp_path), *_signal_at(3, "SIGKILL"))  # step 3 of 4 in epoch 0
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch=0-step=2.ckpt", "last.ckpt"]
-
-    proc = _cli(*COMMON, *_paths(tmp_path), *_signal_at(5, "SIGTERM"))  # resumes at step 2, SIGTERM at step 5
+    # 1. SIGTERM at step 3 (SLURM's preemption, scancel): a checkpoint there, the record says so, exit 143
+    proc = _cli(*COMMON, *_paths(tmp_path), *_signal_at(3, "SIGTERM"))
     assert proc.returncode == 143, proc.stderr[-2000:]
     record = json.loads((run / "result.json").read_text())
-    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
-    assert (ckpts / "epoch=1-step=5.ckpt").is_file()  # written at the signal: 5 is no multiple of 2
-    assert os.readlink(ckpts / "last.ckpt") == "epoch=1-step=5.ckpt"
-    assert "Traceback" not in proc.stderr
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"] and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch=0-step=2.ckpt", "epoch=0-step=3.ckpt", "last.ckpt"]
+    assert os.readlink(ckpts / "last.ckpt") == "epoch=0-step=3.ckpt"  # 3 is no multiple of 2: the signal's
 
-    resumed = _resume(tmp_path)  # steps 6..8 from the signal's checkpoint
-    _same_result(resumed, straight[0])
+    # 2. the same run as a submitit job (same folder): it resumes at step 3; submitit's requeue signal (USR2) at
+    # step 5 gives a checkpoint there, then submitit requeues the job, which resumes at step 5 and is killed
+    # (kill -9) at step 7, in the middle of epoch 1, its last checkpoint at step 6
+    proc = _cli("-m", *COMMON, "hydra/launcher=local", f"paths.data_dir={tmp_path / 'data'}",
+                f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=run", f"paths.log_dir={tmp_path / 'logs'}",
+                *_signal_at(5, "SIGUSR2"), *_kill_at(7))  # fmt: skip
+    job_logs = "".join(p.read_text() for p in tmp_path.rglob(".submitit/*/*_log.*"))
+    assert "Requeued job" in job_logs, proc.stderr[-3000:]  # submitit's own requeue (the local executor restarts)
+    assert (ckpts / "epoch=1-step=5.ckpt").is_file()  # written at the requeue signal
+    assert os.readlink(ckpts / "last.ckpt") == "epoch=1-step=6.ckpt"  # the requeued job's last before kill -9
 
-
-# --- 14.1: under submitit the requeue signal is submitit's: checkpoint at the next step, requeue, resume --------
-def test_submitit_job_checkpoints_and_requeues(straight: tuple[dict, Path], tmp_path: Path) -> None:
-    write_cifar10(tmp_path / "data" / "cifar_synthetic")
-    logs, once = tmp_path / "logs", tmp_path / "signalled"
-    proc = _cli("-m", *COMMON, "hydra/launcher=local", f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={logs}",
-                *_signal_at(3, "SIGUSR2", once))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert once.exists()  # the signal was sent, once
-    (record_path,) = (logs / "multiruns").rglob("result.json")
-    ckpts = record_path.parent / "checkpoints"
-    assert (ckpts / "epoch=0-step=3.ckpt").is_file()  # written at the signal (3 is no multiple of 2)
-    job_logs = "".join(p.read_text() for p in (logs / "multiruns").rglob("*_log.*"))
-    assert "Requeued job" in job_logs  # submitit's own requeue (the local executor restarts the job)
-    _same_result(json.loads(record_path.read_text()), straight[0])
+    # 3. re-running resumes at step 6, in the middle of epoch 1: the uninterrupted run's result, exactly
+    _same_result(_resume(tmp_path), straight[0])
 
 
 def test_lightning_auto_requeue_is_off_under_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
