@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from onelora.peft import PeftError, apply_peft, load_peft, save_peft  # noqa: E402
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
+# peft's own note when it loads lora_bias onto a layer without a bias (our BitFit export does that)
+pytestmark = pytest.mark.filterwarnings("ignore:`lora_bias=True` was passed")
 
 
 class Net(nn.Module):
@@ -306,3 +308,40 @@ def test_gpt2_conv1d_adapters_both_ways(method, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(theirs(IDS).logits, ours, **TOL)
         torch.testing.assert_close(back(IDS).logits, ours, **TOL)
+
+
+class Int8Linear(nn.Linear):
+    """A stand-in quantized linear (int8 weight, per-row scale, its own forward), as QLoRA-style bases are."""
+
+    def __init__(self, k: int, d: int, bias: bool = True) -> None:
+        super().__init__(k, d, bias)
+        w = self.weight.detach()
+        self.register_buffer("scale", w.abs().amax(1) / 127)
+        self.weight = nn.Parameter((w / self.scale[:, None]).round().to(torch.int8), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.float() * self.scale[:, None], self.bias)
+
+
+def quantized_net() -> Net:
+    torch.manual_seed(0)
+    net = Net()
+    for blk in net.blocks:
+        blk["up"], blk["down"] = Int8Linear(10, 14), Int8Linear(14, 10, bias=False)
+    return net.eval()
+
+
+@pytest.mark.parametrize("method", ["onelora", "lora", "vera", "onelora_bias"])
+def test_adapters_trained_on_a_quantized_base_export_and_import(method, tmp_path):
+    """The adapter tensors do not depend on the base's storage: peft serves them on the same quantized base."""
+    model = apply_peft(quantized_net(), method, **EXPORTABLE[method])
+    assert type(model.blocks[0]["up"]).__name__ == "AdaptedQuantized"
+    perturb(model)
+    with torch.no_grad():
+        ours = model(X)
+    save_peft(model, tmp_path, format="peft")
+    theirs = PeftModel.from_pretrained(quantized_net(), str(tmp_path)).eval()
+    back = load_peft(quantized_net(), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(X), ours, **TOL)
+        torch.testing.assert_close(back(X), ours, **TOL)

@@ -30,7 +30,7 @@ from .registry import PeftError, resolve_method
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."  # peft's key prefix for the wrapped model's modules
-EXPORTED_LAYERS = ("AdaptedLinear", "AdaptedConv1D")
+EXPORTED_LAYERS = ("AdaptedLinear", "AdaptedConv1D", "AdaptedQuantized")  # quantized: same tensors
 _warned_heads = False
 
 
@@ -138,10 +138,10 @@ def _adapter_to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
     layers = {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLinear) or hasattr(m, "peft_enabled")}
     kinds_of_layer = {type(m).__name__ for m in layers.values()}
     other = sorted(n for n, m in layers.items() if type(m).__name__ not in EXPORTED_LAYERS)
-    if other or kinds_of_layer == set(EXPORTED_LAYERS):
+    if other or {"AdaptedConv1D"} < kinds_of_layer:
         what = f"{other[0]!r} is a {type(layers[other[0]]).__name__}" if other else "this model mixes both"
         raise PeftError(
-            f"format='peft' exports adapters of nn.Linear or of transformers Conv1D layers; {what}: "
+            f"format='peft' exports adapters of nn.Linear (quantized too) or of transformers Conv1D layers; {what}: "
             "save_peft(model, dir) in onelora's format"
         )
     if not layers:

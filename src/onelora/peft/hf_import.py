@@ -14,13 +14,13 @@ from typing import Any
 from torch import Tensor, nn
 
 from .api import apply_peft
+from .bases import layer_kind
 from .hf_format import PREFIX, _base_bias, _head_modules, _peft
-from .layer import AdaptedLinear
+from .layer import AdaptedLayer
 from .registry import PeftError
 from .serialization import names_list
 
 ADAPTER_PARTS = ("lora_", "vera_", "miss_")
-READ_LAYERS = ("Linear", "AdaptedLinear", "Conv1D", "AdaptedConv1D")  # nn.Linear, transformers' Conv1D
 READABLE = "LORA (with or without DoRA), VERA and MISS with r=1"
 
 
@@ -54,6 +54,11 @@ def _unsupported(config: Any, where: str) -> str | None:
             if getattr(config, flag, None):
                 return f"{flag}"
     return None
+
+
+def _readable(layer: nn.Module) -> bool:
+    """nn.Linear (quantized ones too) and transformers' Conv1D, bare or already wrapped by the same method."""
+    return layer_kind(layer) in ("linear", "conv1d", "quantized") or isinstance(layer, AdaptedLayer)
 
 
 def _adapted_names(keys: list[str]) -> set[str]:
@@ -95,13 +100,11 @@ def from_peft(model: nn.Module, raw: dict[str, Any], tensors: dict[str, Tensor],
         raise PeftError(
             f"{where}: adapts {names_list(foreign)}, which this model lacks (saved from another architecture?)"
         )
-    wrong = sorted(
-        n for n in names | _expected_names(model, config) if type(model.get_submodule(n)).__name__ not in READ_LAYERS
-    )
+    wrong = sorted(n for n in names | _expected_names(model, config) if not _readable(model.get_submodule(n)))
     if wrong:
         layer = model.get_submodule(wrong[0])
         raise PeftError(
-            f"{where}: adapts {wrong[0]!r}, a {type(layer).__name__}; load_peft reads adapters of nn.Linear and transformers Conv1D layers"
+            f"{where}: adapts {wrong[0]!r}, a {type(layer).__name__}; load_peft reads adapters of nn.Linear (quantized too) and transformers Conv1D layers"
         )
     expected = _expected_names(model, config)
     missing = sorted(expected - names)
@@ -134,7 +137,7 @@ def _check_same_method(
             f"{where}: the adapter is {kind!r} (peft {type(config).__name__}) but the model has "
             f"{applied['method']!r}; choose peft={kind}"
         )
-    layer = next(m for m in model.modules() if isinstance(m, AdaptedLinear))
+    layer = next(m for m in model.modules() if isinstance(m, AdaptedLayer))
     scale = getattr(layer.adapter, "scaling", None)
     if scale is not None and not math.isclose(scale, _scale(config), rel_tol=1e-6):
         raise PeftError(
@@ -236,7 +239,7 @@ def _column(t: Tensor | None, transpose: bool = False) -> Tensor | None:
     return t[:, 0] if t.dim() == 2 and t.shape[1] == 1 else t
 
 
-def _layers(model: nn.Module, names: set[str]) -> dict[str, AdaptedLinear]:
+def _layers(model: nn.Module, names: set[str]) -> dict[str, AdaptedLayer]:
     return {n: model.get_submodule(n) for n in sorted(names)}
 
 
