@@ -37,11 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DatasetFormatError
-
-try:  # the resumable epoch-seeded loader (it may move to data/loaders.py)
-    from .loaders import seeded_loader  # type: ignore[import-not-found]
-except ImportError:
-    from .classification import seeded_loader
+from .loaders import seeded_loader  # the resumable epoch-seeded training loader
 
 log = logging.getLogger("onelora")
 
@@ -336,17 +332,9 @@ class MetaMathDataModule(L.LightningDataModule):
             log.warning("MetaMath: skipped examples %s", self.skipped)
 
     def train_dataloader(self) -> DataLoader:
-        # seeded_loader decides the sampling (resumable, epoch-seeded); the same loader with our collator
-        base = seeded_loader(self.train_set, self.batch_size, self.seed, self.num_workers, self.trainer)
-        return DataLoader(
-            base.dataset,
-            batch_size=base.batch_size,
-            sampler=base.sampler,
-            num_workers=base.num_workers,
-            persistent_workers=base.persistent_workers,
-            drop_last=base.drop_last,
-            collate_fn=PadCollator(self.tokenizer.pad_token_id),
-        )
+        # resumable in the middle of an epoch (the math runs checkpoint every 200 steps), with our collator
+        collate = PadCollator(self.tokenizer.pad_token_id)
+        return seeded_loader(self.train_set, self.batch_size, self.seed, self.num_workers, self.trainer, collate)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
