@@ -103,6 +103,8 @@ def _conv1d_wrapper() -> type[AdaptedLayer]:
                 out.bias.copy_(b)
             return out.requires_grad_(False)
 
+        __repr__ = nn.Module.__repr__  # Conv1D's own hides the children (the adapter)
+
         def extra_repr(self) -> str:
             return f"nf={self.nf}, nx={self.nx}, " + super().extra_repr()
 
