@@ -97,7 +97,7 @@ def test_a_record_whose_process_is_gone_reads_interrupted(tmp_path: Path) -> Non
     assert "running: onelora seed 2" in cov  # another host: cannot tell, so not called dead
 
 
-def test_a_second_process_is_refused_and_a_stale_lock_is_not(cifar: Path) -> None:
+def test_a_second_process_is_refused_and_a_stale_lock_is_not(cifar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = cifar / "run"
     run.mkdir()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -116,6 +116,14 @@ def test_a_second_process_is_refused_and_a_stale_lock_is_not(cifar: Path) -> Non
     assert json.loads(lock.read_text())["pid"] == os.getpid()
     release_lock(lock)
     assert not lock.exists()
+
+    # a lock from another machine cannot be checked: it blocks, and the line says how to clear it; the same SLURM
+    # job requeued on another node takes it over
+    lock.write_text(json.dumps({"pid": 1, "host": "gpu7", "started_at": "x", "slurm_job_id": "42"}))
+    with pytest.raises(RunDirError, match=f"in use by process 1 on gpu7 .*if it is gone, delete {lock}"):
+        acquire_lock(run)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert json.loads(acquire_lock(run).read_text())["slurm_job_id"] == "42"
 
 
 def test_an_unwritable_log_directory_is_one_line(tmp_path: Path) -> None:

@@ -115,10 +115,11 @@ def acquire_lock(directory: Path) -> Path:
                 time.sleep(0.5)
                 holder = read_record(lock)
             if holder is not None and not holder_gone(holder):
+                elsewhere = holder.get("host") != host()  # its process cannot be checked from here
                 raise RunDirError(
                     f"{directory} is in use by process {holder.get('pid')} on {holder.get('host')} "
-                    f"(since {holder.get('started_at')}); wait for it to end or stop it "
-                    f"(a lock whose process is gone does not block: {lock})"
+                    f"(since {holder.get('started_at')}); wait for it to end or stop it"
+                    + (f" (if it is gone, delete {lock})" if elsewhere else "")
                 ) from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
             continue
