@@ -127,4 +127,4 @@ def hf_adapter(model: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
     return wrapper.peft_config["default"], get_peft_model_state_dict(wrapper)
 
 
-register_family("hf_", HFTuner, doc="an HF peft tuner built by peft.get_peft_model (config_class, config)")
+register_family("hf_", HFTuner, doc="an HF peft tuner via peft.get_peft_model; options config_class, config")

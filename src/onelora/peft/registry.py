@@ -130,6 +130,7 @@ def resolve_method(name: str) -> Method:
     valid = ", ".join(sorted(METHODS))
     raise PeftError(
         f"unknown peft method {name!r}; valid: {valid}, or <method>_<extra>... with extras {', '.join(EXTRAS)}"
+        + "".join(f", or {prefix}<name> ({family.doc})" for prefix, family in FAMILIES.items())
     )
 
 
