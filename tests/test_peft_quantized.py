@@ -152,6 +152,8 @@ def test_refused_up_front_never_wrapped():
     emb = nn.Sequential(nn.Embedding(10, K), Stack())
     with pytest.raises(PeftError, match=r"names layers no method can adapt: 0 \(Embedding\); supported: nn.Linear"):
         apply_peft(emb, "onelora", target_modules=["0", "up"])
+    with pytest.raises(PeftError, match=r"target_modules='0' matches only layers no method can adapt: 0 \(Embedding\)"):
+        apply_peft(emb, "onelora", target_modules="0")
     assert model._modules == before and not hasattr(model, "peft_config") and not hasattr(emb, "peft_config")
     assert not any(isinstance(m, AdaptedQuantized) for m in emb.modules())
 

@@ -139,11 +139,12 @@ def find_targets(model: nn.Module, target_modules: Patterns, exclude: Patterns) 
         kind = layer_kind(mod)
         if kind in LINEAR_KINDS or (kind == "conv2d" and isinstance(targets, list)):
             names.append(n)
-        elif isinstance(targets, list) and not isinstance(mod, AdaptedLayer):
-            unsupported.append(f"{n} ({type(mod).__name__})")
-    if unsupported:
+        elif not isinstance(mod, AdaptedLayer) and (isinstance(targets, list) or not any(mod.children())):
+            unsupported.append(f"{n} ({type(mod).__name__})")  # a regex may pass over leaves it cannot adapt
+    if unsupported and (isinstance(targets, list) or (not names and targets != "all-linear")):
         raise PeftError(
-            f"target_modules={targets!r} names layers no method can adapt: {', '.join(unsupported[:5])}; "
+            f"target_modules={targets!r} {'names' if isinstance(targets, list) else 'matches only'} layers no "
+            f"method can adapt: {', '.join(unsupported[:5])}; "
             f"supported: {SUPPORTED}"
         )
     if not names:
