@@ -189,7 +189,7 @@ def _adapter_to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
                 tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.adapter.magnitude.detach().float()
             if with_bias:
                 # peft adds lora_B's bias times the scale; the base model it loads into still has β0
-                delta = layer.bias.detach().float() - _base_bias(layer)
+                delta = layer.bias.detach().float().cpu() - _base_bias(layer)
                 tensors[f"{PREFIX}{name}.lora_B.bias"] = delta / scale
         r = max(set(ranks.values()), key=list(ranks.values()).count)
         alpha = max(set(alphas.values()), key=list(alphas.values()).count)
