@@ -173,3 +173,16 @@ def test_qlora_bench_tiny_llama():
     assert rows["bitfit"]["saved_bytes"] < rows["onelora"]["saved_bytes"] < rows["lora"]["saved_bytes"]
     assert rows["onelora"]["state_ratio_lora"] < 1
     assert qlora_table(list(rows.values())).count("\n") == 4
+
+
+@pytest.mark.parametrize("method", ["onelora_bias", "vera"])
+def test_save_load_on_a_quantized_base(method, tmp_path):
+    from onelora.peft import load_peft, save_peft
+
+    model = apply_peft(quantized_stack("nf4"), method)
+    perturb(model)
+    x = torch.randn(4, K)
+    save_peft(model, tmp_path / "a")
+    loaded = load_peft(quantized_stack("nf4"), tmp_path / "a")
+    assert isinstance(loaded.up, AdaptedQuantized)
+    torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
