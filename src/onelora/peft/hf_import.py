@@ -40,7 +40,7 @@ def _peft_config(raw: dict[str, Any], where: str) -> Any:
         raise PeftError(f"{where}: not a valid {cls.__name__}: {e}") from e
 
 
-def _unsupported(config: Any, where: str) -> str | None:
+def _unsupported(config: Any) -> str | None:
     """Why this LoRA/VeRA/MiSS config has no exact form in onelora's layers (None if it has one)."""
     kind = type(config).__name__
     if getattr(config, "bias", "none") != "none":
@@ -76,7 +76,8 @@ def _expected_names(model: nn.Module, config: Any) -> set[str]:
     """The modules peft itself would adapt in `model` with this config."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    names = [n for n, _ in model.named_modules() if n]
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, AdaptedLayer)]  # the method already applied
+    names = [n for n, _ in model.named_modules() if n and not any(n.startswith(w + ".") for w in wrapped)]
     if config.target_modules == "all-linear":
         out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         return {n for n in names if isinstance(model.get_submodule(n), nn.Linear) and model.get_submodule(n) is not out}
@@ -86,7 +87,7 @@ def _expected_names(model: nn.Module, config: Any) -> set[str]:
 def from_peft(model: nn.Module, raw: dict[str, Any], tensors: dict[str, Tensor], where: str) -> dict[str, Tensor]:
     """Apply the onelora method equal to the peft adapter to `model`; return its state keyed as our model's."""
     config = _peft_config(raw, where)
-    why = _unsupported(config, where)
+    why = _unsupported(config)
     if why:
         raise PeftError(
             f"{where}: {type(config).__name__} with {why} has no exact form in onelora; load_peft reads {READABLE}"
@@ -104,7 +105,8 @@ def from_peft(model: nn.Module, raw: dict[str, Any], tensors: dict[str, Tensor],
     if wrong:
         layer = model.get_submodule(wrong[0])
         raise PeftError(
-            f"{where}: adapts {wrong[0]!r}, a {type(layer).__name__}; load_peft reads adapters of nn.Linear (quantized too) and transformers Conv1D layers"
+            f"{where}: adapts {wrong[0]!r}, a {type(layer).__name__}; load_peft reads adapters of nn.Linear "
+            "(quantized too) and transformers Conv1D layers"
         )
     expected = _expected_names(model, config)
     missing = sorted(expected - names)
