@@ -7,7 +7,8 @@
 runs `python run.py -m experiment=<exp> peft=<m1,m2,...> seed=<0,1,...> <manifest overrides> <extra args>`.
 A manifest with `tune` first runs its selection sweep, then each method at its chosen value (onelora.launch).
 With --progress each multirun's output goes to <runs_dir>/sweep-<k>.log and the terminal shows one bar over
-the runs and one line per finished run.
+the runs and one line per finished run. Every group runs whatever happened to the others; the exit code is
+the number of jobs that failed (a multirun that crashed counts one), at most 125.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             line = ", ".join(f"{m} {v:g}" for m, v in chosen.items())
             (display.write if display else print)(f"chosen {tune.key}: {line}")
             stage = stages(manifest, extra, args.jobs, chosen)[-1]
-        rc = execute(stage, args.jobs, display) or rc
+        rc = min(rc + execute(stage, args.jobs, display), 125)  # every stage runs; the exit code counts failed jobs
     if display is not None:
         display.close()
     if rc:

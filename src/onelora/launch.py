@@ -127,7 +127,8 @@ class _Running:
 
 
 def execute(cmds: Sequence[Command], jobs: int = 1, display: SweepDisplay | None = None) -> int:
-    """Run the commands, up to `jobs` at once; the first non-zero exit status (0 when all succeed).
+    """Run the commands, up to `jobs` at once, every one whatever the others did; the number of failed jobs (run.py's
+    multirun exit code counts them; a multirun that crashed or was killed counts one), at most 125; 0 when all succeed.
 
     The first command runs alone until its first run starts, so a first-use step every run shares (the
     quickstart's pre-training) is made once. With a display, each command's output goes to
@@ -158,9 +159,9 @@ def execute(cmds: Sequence[Command], jobs: int = 1, display: SweepDisplay | None
             running.remove(r)
             if r.log is not None:
                 r.log.close()
-            if r.proc.returncode != 0 and rc == 0:
-                rc = r.proc.returncode
+            if (code := r.proc.returncode) != 0:
+                rc = min(rc + (code if code > 0 else 1), 125)
                 where = f"; its output: {r.cmd.log}" if display is not None else ""
-                msg = f"sweep: {r.cmd.text} exited with {rc}{where}"
+                msg = f"sweep: {r.cmd.text} exited with {code}{where}"
                 display.write(msg) if display is not None else print(msg, file=sys.stderr)
     return rc
