@@ -228,29 +228,33 @@ def test_figures_notebook_executes():
 
 def test_one_configuration_per_method_or_a_conflict(tmp_path):
     """The same method and seed under two override sets: the manifest's set is used and the other set aside; with
-    neither set the manifest's, nothing is averaged and the conflict is listed (never the newest chosen)."""
+    neither set the manifest's, nothing is averaged and the conflict is listed (never the newest chosen). A boolean
+    spelled `False` (a multirun's record) and `false` (a single run's) is one setting."""
     d = tmp_path / "runs"
-    lr = ["experiment=cls_cifar10", "peft=onelora", "task.optimizer.lr=0.01"]
-    for seed, acc in [(0, 0.90), (1, 0.92)]:
-        write(d, record("onelora", seed, acc=acc, overrides=[*lr[:2], f"seed={seed}"]), "onelora", seed)
-    other = record("onelora", 0, acc=0.50, overrides=[*lr, "seed=0", "paths.log_dir=/elsewhere"])
+    base = ["experiment=cls_cifar10", "peft=onelora"]
+    for seed, acc, flag in [(0, 0.90, "False"), (1, 0.92, "false")]:
+        overrides = [*base, f"seed={seed}", f"trainer.enable_progress_bar={flag}"]
+        write(d, record("onelora", seed, acc=acc, overrides=overrides), "onelora", seed)
+    other = record("onelora", 0, acc=0.50, overrides=[*base, "task.optimizer.lr=0.01", "seed=0",
+                                                      "paths.log_dir=/elsewhere", "trainer.enable_progress_bar=false"])  # fmt: skip
     path = d / "onelora" / "seed0" / "task.optimizer.lr=0.01" / "result.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(other))  # newest, ok, but another learning rate
-    rep = write_report([d], tmp_path / "out", manifest_for(d, methods=["onelora"]))
+    flag = ["trainer.enable_progress_bar=false"]
+    rep = write_report([d], tmp_path / "out", manifest_for(d, methods=["onelora"], overrides=flag))
     s = rep.summary.set_index("method")
     assert s.loc["onelora", "metric_mean"] == pytest.approx(91.0) and s.loc["onelora", "n_ok"] == 2
     assert any("set aside 1 record(s) of onelora" in c and "task.optimizer.lr=0.01" in c for c in rep.coverage)
 
     # the manifest asks for lr=0.001: neither set is it, so neither is averaged
-    rep = write_report(
-        [d], tmp_path / "out2", manifest_for(d, methods=["onelora"], overrides=["task.optimizer.lr=0.001"])
-    )
+    lr = [*flag, "task.optimizer.lr=0.001"]
+    rep = write_report([d], tmp_path / "out2", manifest_for(d, methods=["onelora"], overrides=lr))
     s = rep.summary.set_index("method")
     assert s.loc["onelora", "n_ok"] == 0 and math.isnan(s.loc["onelora", "metric_mean"])
     cov = "\n".join(rep.coverage)
     assert "conflict: onelora has ok runs under 2 configurations" in cov
-    assert "[no overrides] seeds 0, 1" in cov and "[task.optimizer.lr=0.01] seeds 0" in cov
+    assert "[trainer.enable_progress_bar=false] seeds 0, 1" in cov
+    assert "[task.optimizer.lr=0.01 trainer.enable_progress_bar=false] seeds 0" in cov
 
 
 def test_calibration_names_the_requested_methods_without_runs(tmp_path, capsys):
