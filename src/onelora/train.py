@@ -112,6 +112,9 @@ def is_rank_zero() -> bool:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as `cfg` says; returns the run record (also written to result.json)."""
+    from .peft import validate_peft
+
+    validate_peft(cfg.peft.name, **peft_kwargs(cfg))  # a bad method option: one line, before any weight loads
     if cfg.dry_run:
         return dry_run(cfg)
     return train(cfg)[0]
