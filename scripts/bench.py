@@ -23,6 +23,7 @@ import torch
 from onelora.bench import (
     OURS,
     PEERS,
+    depth_stack,
     layer_benchmark,
     llama_stack,
     markdown_table,
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-layers", type=int, default=4)
     ap.add_argument("--llama-batch", type=int, default=2)
     ap.add_argument("--llama-seq", type=int, default=256)
+    ap.add_argument(
+        "--depth-data", default="kitti", help="--models depth: a DINOv2 stack at this data set's input size"
+    )
+    ap.add_argument("--depth-batch", type=int, default=2)
     ap.add_argument("--layers", action="store_true", help="the per-layer comparison of 1LoRA implementations")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
     args = ap.parse_args(argv)
@@ -81,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = {
         "vit": lambda: vit_stack(args.vit_hidden, args.vit_layers, args.vit_batch, args.vit_image),
         "llama": lambda: llama_stack(args.llama_hidden, args.llama_layers, args.llama_batch, args.llama_seq),
+        "depth": lambda: depth_stack(args.depth_data, args.vit_hidden, args.vit_layers, args.depth_batch),
     }
     for name in args.models.split(","):
         if name == "qlora":

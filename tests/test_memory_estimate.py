@@ -170,3 +170,10 @@ def test_largest_fitting_batch_is_linear_in_the_micro_batch(tmp_path: Path) -> N
         assert abs(estimate_from_config(model, three)["total"] - fit["fixed"] - 3 * fit["per_batch"]) <= 64
         fit = largest_fitting_batch(model, cfg, budget_bytes=budget)
     assert fit["max_batch"] == 3 and fit["max_tokens"] == 3 * cfg.data.module.max_length
+
+
+def test_bench_depth_stack_uses_the_datas_input_size() -> None:
+    from onelora.bench import depth_stack
+
+    spec = depth_stack("kitti", hidden=32, layers=1, batch=1)
+    assert spec.inputs(torch.device("cpu"), torch.float32)["pixel_values"].shape[-2:] == (378, 770)

@@ -51,6 +51,28 @@ def vit_stack(hidden: int = 384, layers: int = 12, batch: int = 4, image: int = 
     )
 
 
+def depth_stack(data: str = "kitti", hidden: int = 384, layers: int = 12, batch: int = 2) -> BenchModel:
+    """A DINOv2 encoder (Depth Anything's backbone) at the training input size of `configs/data/<data>.yaml`, as
+    the data code computes it (`onelora.data.depth.dataset_input_hw`, the one source of the input size)."""
+    import yaml
+    from transformers import Dinov2Config, Dinov2Model
+
+    from .data.depth import dataset_input_hw
+    from .report.manifest import ROOT
+
+    module = yaml.safe_load((ROOT / "configs" / "data" / f"{data}.yaml").read_text())["module"]
+    policy = {k: module[k] for k in ("keep_aspect", "multiple_of", "resize_method") if k in module}
+    h, w = dataset_input_hw(module["dataset"], module.get("input_size"), **policy)
+    cfg = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                       image_size=max(h, w), patch_size=14)  # fmt: skip
+    return BenchModel(
+        f"dinov2_h{hidden}_l{layers}_b{batch}x{h}x{w}_{data}",
+        lambda: Dinov2Model(cfg),
+        lambda dev, dt: {"pixel_values": torch.randn(batch, 3, h, w, device=dev, dtype=dt)},
+        lambda out: out.last_hidden_state.float().pow(2).mean(),
+    )
+
+
 def llama_stack(hidden: int = 512, layers: int = 4, batch: int = 2, seq: int = 256) -> BenchModel:
     from transformers import LlamaConfig, LlamaModel
 
