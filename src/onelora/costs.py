@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import logging
 import math
 import os
@@ -339,6 +340,9 @@ def measure(experiment: str, method: str, settings: Settings, on_step: Callable[
 
     device = torch.device(_device(settings.device))
     accelerator = "gpu" if device.type == "cuda" else "cpu"
+    gc.collect()  # the previous method's model and optimizer are gone before this one's peak is taken
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     with (
         tempfile.TemporaryDirectory(prefix="onelora_costs_") as tmp,
         composed(experiment, method, settings.overrides, Path(tmp)) as cfg,
