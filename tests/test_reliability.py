@@ -173,6 +173,18 @@ def test_truncated_last_ckpt_falls_back(
     assert len(aside) == 1 and (aside[0] / target.name).stat().st_size == 100  # kept aside as it was
 
 
+def test_no_loadable_checkpoint_starts_afresh_saying_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from onelora.checkpoints import resume_checkpoint
+
+    (tmp_path / "epoch=0-step=2.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    (tmp_path / "last.ckpt").symlink_to("epoch=0-step=2.ckpt")
+    with caplog.at_level(logging.WARNING, logger="onelora"):
+        assert resume_checkpoint(tmp_path) is None
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"no checkpoint in {tmp_path} loads") and "epoch=0-step=2.ckpt" in line
+    assert "starting afresh" in line and (tmp_path / "epoch=0-step=2.ckpt.unreadable").is_file()
+
+
 # --- 16.7: killed between deleting the old checkpoint and re-linking last.ckpt: resume from the newest file --------
 def test_stale_link_resumes_from_newest_checkpoint(
     straight: tuple[dict, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
