@@ -43,7 +43,10 @@ def checkpoint_state(path: Path) -> dict[str, Any]:
             raise RunError(f"{path} is a folder without mp_rank_00_model_states.pt")
         raw = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
     elif path.is_file():  # our own checkpoint: it also holds RNG state and loop progress (not only tensors)
-        raw = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        except Exception as e:  # truncated, not a checkpoint: name the file
+            raise RunError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
     else:
         raise RunError(f"no checkpoint at {path}")
     state = {}
@@ -62,7 +65,8 @@ def load_run(run_dir: Path, ckpt: Path | None = None, config: Path | None = None
     from .train import build_peft_model
 
     cfg = load_run_config(run_dir, config)
-    ckpt = ckpt or run_dir / "checkpoints" / "last.ckpt"
+    # the newest checkpoint that loads (last.ckpt's target, unless that link dangles or its file is damaged)
+    ckpt = ckpt or resume_checkpoint(run_dir / "checkpoints", set_aside=False) or run_dir / "checkpoints" / "last.ckpt"
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # random-init models: the same frozen weights
     model, _ = build_peft_model(cfg)
     task = instantiate(cfg.task.module, model=model, optimizer=None, scheduler=None)
