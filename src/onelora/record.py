@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 import socket
@@ -22,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import RunDirError
+from .errors import RunDirError, UserError
 
 RECORD = "result.json"
 LOCK = ".run.lock"
@@ -301,3 +302,29 @@ def record_failure(cfg: Any, error: BaseException) -> None:
         write_json_atomic(path, record)
     except Exception:  # noqa: BLE001  (a config too broken to name its run, or an unwritable disk: nothing to record)
         return
+
+
+def job_failed(cfg: Any, error: Exception) -> None:
+    """run.py's handling of a run that raised: the failure is recorded; a user error is printed as one line (exit 2
+    from a single run); in a multirun the job is counted as failed and the next one starts (a bug's traceback goes
+    to the log); outside a multirun a bug is raised again, traceback and all."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    record_failure(cfg, error)
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if sweep:
+        SweepOutcome.job_errors[str(Path(HydraConfig.get().runtime.output_dir))] = "failed"
+    if isinstance(error, UserError):
+        print(f"error: {error}", file=sys.stderr)
+        if not sweep:
+            sys.exit(2)
+    elif not sweep:
+        raise error
+    else:
+        logging.getLogger("onelora").error("job %s failed", HydraConfig.get().runtime.output_dir, exc_info=error)
+
+
+def sweep_exit_code() -> int:
+    """The number of jobs of the multirun that just ended that did not end ok, at most 125 (0 after a single run)."""
+    return min(len(SweepOutcome.failed_jobs), 125)
