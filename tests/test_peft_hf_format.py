@@ -137,6 +137,9 @@ IMPORTABLE = {
     "dora": (LoraConfig(r=2, use_dora=True, target_modules=["up", "down"]), "dora"),
     "vera": (VeraConfig(r=2, projection_prng_key=5, target_modules=["up", "down"]), "vera"),
     "miss_r1": (MissConfig(r=1, target_modules=["up", "down"]), "onelora"),
+    # init_weights only picks the starting block (False: random); "mini" tiles a (1, mini_r) block along d
+    "miss_r1_random_init": (MissConfig(r=1, init_weights=False, target_modules=["up", "down"]), "onelora"),
+    "miss_r1_mini": (MissConfig(r=1, init_weights="mini", mini_r=2, target_modules=["up", "down"]), "onelora"),
     "lora_head": (LoraConfig(r=1, target_modules=["up"], modules_to_save=["classifier"]), "lora"),
 }
 
@@ -308,6 +311,31 @@ def test_gpt2_conv1d_adapters_both_ways(method, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(theirs(IDS).logits, ours, **TOL)
         torch.testing.assert_close(back(IDS).logits, ours, **TOL)
+
+
+@pytest.mark.filterwarnings("ignore:the adapter carries a trained head")
+def test_tied_head_exports_with_its_embedding_and_round_trips(tmp_path):
+    """GPT-2 ties lm_head to wte: peft given lm_head alone unties it (wte stays at its base value), so the
+    export saves both, tied again by peft (ensure_weight_tying); a peft file with lm_head alone is refused."""
+    base = tiny_gpt2()
+    model = apply_peft(copy.deepcopy(base), "onelora", head=["lm_head"])
+    perturb(model)
+    with torch.no_grad():
+        ours = model(IDS).logits
+    save_peft(model, tmp_path / "ours", format="peft")
+    config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert sorted(config["modules_to_save"]) == ["lm_head", "transformer.wte"] and config["ensure_weight_tying"]
+    theirs = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "ours")).eval()
+    back = load_peft(copy.deepcopy(base), tmp_path / "ours")
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(IDS).logits, ours, **TOL)
+        torch.testing.assert_close(back(IDS).logits, ours, **TOL)
+    alone = LoraConfig(r=1, target_modules=["c_fc"], modules_to_save=["lm_head"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft's own notes on Conv1D and tied layers
+        get_peft_model(copy.deepcopy(base), alone).save_pretrained(str(tmp_path / "alone"))
+    with pytest.raises(PeftError, match="'lm_head' alone, which this model ties to 'transformer.wte'"):
+        load_peft(copy.deepcopy(base), tmp_path / "alone")
 
 
 class Int8Linear(nn.Linear):

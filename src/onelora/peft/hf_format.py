@@ -94,6 +94,19 @@ def _head_modules(model: nn.Module, heads: list[str]) -> dict[str, nn.Module]:
     }
 
 
+def _tied_partners(model: nn.Module, heads: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """Modules outside the heads that share a head's parameter (tied lm_head / embed_tokens). peft would copy
+    the head alone and leave the partner at its base value; saving both keeps the tied tensor whole."""
+    shared = {id(p) for h in heads.values() for p in h.parameters()}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if n not in heads
+        and not any(_under(n, [h]) for h in heads)
+        and any(id(p) in shared for p in m.parameters(recurse=False))
+    }
+
+
 def to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
     """The peft config object and the tensors of `model`'s adapter and trained head, keyed as peft saves them."""
     global _warned_heads
@@ -106,7 +119,11 @@ def to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
     else:
         config, tensors = _adapter_to_peft(model)
     heads = _head_modules(model, list(cfg.get("head") or []))
+    tied = _tied_partners(model, heads)
+    heads.update(tied)
     config.modules_to_save = list(heads) or None
+    if tied and hasattr(config, "ensure_weight_tying"):  # peft then keeps them one tensor, as in our model
+        config.ensure_weight_tying = True
     config.base_model_name_or_path = getattr(getattr(model, "config", None), "name_or_path", None) or None
     config.inference_mode = True
     for hname, head in heads.items():

@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .api import apply_peft
 from .bases import layer_kind
-from .hf_format import PREFIX, _base_bias, _head_modules, _peft
+from .hf_format import PREFIX, _base_bias, _head_modules, _peft, _tied_partners
 from .layer import AdaptedLayer
 from .registry import PeftError
 from .serialization import names_list
@@ -45,8 +46,10 @@ def _unsupported(config: Any) -> str | None:
     kind = type(config).__name__
     if getattr(config, "bias", "none") != "none":
         return f"bias={config.bias!r} (base biases inside the adapter)"
-    if kind == "MissConfig" and (config.r != 1 or config.init_weights is not True):
-        return f"MiSS with r={config.r}, init_weights={config.init_weights!r} (only r=1, init_weights=True is 1LoRA)"
+    # init_weights True/False only choose the starting block and "mini" tiles a shorter one: with r=1 each
+    # computes b·(1ᵀx); "bat" is another forward
+    if kind == "MissConfig" and (config.r != 1 or config.init_weights == "bat"):
+        return f"MiSS with r={config.r}, init_weights={config.init_weights!r} (only r=1 without 'bat' is 1LoRA)"
     if kind == "LoraConfig":
         if config.rank_pattern or config.alpha_pattern:
             return "per-layer rank_pattern/alpha_pattern"
@@ -119,15 +122,16 @@ def from_peft(model: nn.Module, raw: dict[str, Any], tensors: dict[str, Tensor],
     applied = getattr(model, "peft_config", None)
     if applied:  # the method is already on the model (a run's init_adapter): the adapter must be the same method
         _check_same_method(model, applied, kind, config, seed, "base_model.vera_A" in shared, where)
-        heads = list(_head_modules(model, list(applied.get("head") or [])))
+        heads = _with_tied(model, list(_head_modules(model, list(applied.get("head") or []))), ours, where)
     else:
         heads = sorted(
             {n for n in module_names for k in ours if n and k.startswith(n + ".") and _is_saved_head(config, n)}
         )
+        heads = _with_tied(model, heads, ours, where)
         apply_peft(
             model, kind, target_modules=sorted(names), exclude_modules=heads, head=heads or None, seed=seed, **opts
         )
-    return _state(model, kind, config, ours, shared, names, heads)
+    return _state(model, kind, config, ours, shared, names, heads, where)
 
 
 def _check_same_method(
@@ -149,6 +153,20 @@ def _check_same_method(
         raise PeftError(
             f"{where}: VeRA projections drawn from projection_prng_key={seed}, the model's from seed={applied.get('seed')}"
         )
+
+
+def _with_tied(model: nn.Module, heads: list[str], ours: dict[str, Tensor], where: str) -> list[str]:
+    """The heads plus the modules tied to them (lm_head / embed_tokens), which the file must hold too: peft
+    unties a head saved alone and keeps its partner at the base value, which one shared tensor cannot express."""
+    partners = _tied_partners(model, {h: model.get_submodule(h) for h in heads})
+    absent = sorted(p for p in partners if not any(k.startswith(p + ".") for k in ours))
+    if absent:
+        raise PeftError(
+            f"{where}: its modules_to_save holds {names_list(heads)} alone, which this model ties to "
+            f"{names_list(absent)} (tied embeddings): peft unties them when it loads, onelora keeps one tensor; "
+            "load it with peft.PeftModel.from_pretrained, or save both in modules_to_save with ensure_weight_tying=True"
+        )
+    return sorted({*heads, *partners})
 
 
 def _is_saved_head(config: Any, name: str) -> bool:
@@ -191,6 +209,7 @@ def _state(
     shared: dict[str, Tensor],
     names: set[str],
     heads: list[str],
+    where: str,
 ) -> dict[str, Tensor]:
     """Our model's keys for every tensor of the file; tensors no layer takes stay, for the strict check to name."""
     rest, state = dict(ours), {}
@@ -200,8 +219,10 @@ def _state(
         def take(suffix: str, name: str = name) -> Tensor | None:
             return rest.pop(f"{name}.{suffix}", None)
 
-        if miss:  # miss_block (1, d): b
+        if miss:  # miss_block (1, d): b; with init_weights="mini" (1, mini_r), tiled along d as peft does
             block = take("miss_block")
+            if config.init_weights == "mini" and block is not None and layer.out_features % block.shape[-1] == 0:
+                block = block.repeat(1, layer.out_features // block.shape[-1])
             state[f"{name}.adapter.b"] = _column(block, transpose=True)
         elif kind.startswith("onelora"):  # LoRA r=1 with A = 1ᵀ: b = s·B
             take("lora_A.weight")
@@ -226,9 +247,20 @@ def _state(
     if kind == "vera":
         _vera_projections(model, names, shared)
         shared = {k: v for k, v in shared.items() if k not in ("base_model.vera_A", "base_model.vera_B")}
+    first_name = {}  # a tied tensor is loaded under its first name (the strict check's key), once
+    for pname, p in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        first_name.setdefault(id(p), pname)
+    tensor_of = dict([*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)])
     for h in heads:
         for pname in model.get_submodule(h).state_dict():
-            state[f"{h}.{pname}"] = rest.pop(f"{h}.{pname}", None)
+            t = rest.pop(f"{h}.{pname}", None)
+            key = first_name.get(id(tensor_of.get(f"{h}.{pname}")), f"{h}.{pname}")
+            if t is not None and state.get(key) is not None and not torch.equal(state[key], t):
+                raise PeftError(
+                    f"{where}: different values for {key!r} and {h + '.' + pname!r}, one tied tensor in this model; "
+                    "this model shares one tensor between them"
+                )
+            state[key] = t if state.get(key) is None else state[key]
     state = {k: v for k, v in state.items() if v is not None}  # absent ones: named by the strict check
     return {**state, **{f"{PREFIX}{k}": v for k, v in rest.items()}, **shared}
 
