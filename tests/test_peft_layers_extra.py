@@ -214,6 +214,11 @@ def test_disable_peft_runs_the_frozen_base_and_reenables(gpt2, method):
         with disable_peft(model):
             raise RuntimeError("inside")
     torch.testing.assert_close(model(ids).logits, adapted, atol=0, rtol=0)
+    with disable_peft(model):
+        with disable_peft(model):  # a helper that takes reference outputs, called inside an outer block
+            pass
+        torch.testing.assert_close(model(ids).logits, ref, atol=0, rtol=0)  # the outer block still holds
+    torch.testing.assert_close(model(ids).logits, adapted, atol=0, rtol=0)
     with pytest.raises(PeftError, match="no adapter to switch off"):
         with disable_peft(apply_peft(copy.deepcopy(base), "full")):
             pass
@@ -230,6 +235,8 @@ def test_disable_peft_switches_off_hf_peft_tuners_too(gpt2):
     assert (adapted - ref).abs().max() > 1e-3
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     with disable_peft(model):
-        torch.testing.assert_close(model(ids).logits, ref, atol=0, rtol=0)
+        with disable_peft(model):
+            pass
+        torch.testing.assert_close(model(ids).logits, ref, atol=0, rtol=0)  # nested: the outer block holds
     torch.testing.assert_close(model(ids).logits, adapted, atol=0, rtol=0)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable

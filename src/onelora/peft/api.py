@@ -296,6 +296,10 @@ def disable_peft(model: nn.Module) -> Iterator[nn.Module]:
     hf_layers = [m for m in model.modules() if getattr(m, "adapter_layer_names", ())]  # peft=hf_*: peft's switch
     params = dict(model.named_parameters())
     swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
+    # the state before entry, restored at exit: an inner `with` inside an outer one leaves the adapters off
+    was_off = [layer.__dict__.get("peft_enabled") is False for layer in layers]
+    hf_was_off = [bool(layer.disable_adapters) for layer in hf_layers]
+    grads = [(p, p.requires_grad) for layer in hf_layers for p in layer.parameters()]  # peft's switch resets them
     try:
         for layer in layers:
             layer.peft_enabled = False
@@ -307,11 +311,15 @@ def disable_peft(model: nn.Module) -> Iterator[nn.Module]:
             p.data = initial.to(p.device, p.dtype)
         yield model
     finally:
-        for layer in layers:
-            layer.__dict__.pop("peft_enabled", None)
-        for layer in hf_layers:
-            layer.enable_adapters(True)
-        for p, data in swapped:
+        for layer, off in zip(layers, was_off, strict=True):
+            if not off:
+                layer.__dict__.pop("peft_enabled", None)
+        for layer, off in zip(hf_layers, hf_was_off, strict=True):
+            if not off:
+                layer.enable_adapters(True)
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        for p, data in reversed(swapped):
             p.data = data
 
 
