@@ -373,3 +373,24 @@ def test_adapters_trained_on_a_quantized_base_export_and_import(method, tmp_path
     with torch.no_grad():
         torch.testing.assert_close(theirs(X), ours, **TOL)
         torch.testing.assert_close(back(X), ours, **TOL)
+
+
+def test_peft_is_imported_without_bitsandbytes_advice(tmp_path, monkeypatch, caplog):
+    """peft imports bitsandbytes, whose CPU backend logs "pip install kernels" at import: our lazy import of
+    peft (hf_*, format='peft') keeps that off the screen and leaves the logger's level as it was.
+    Stand-in: a `peft` package that logs as bitsandbytes does when imported."""
+    import logging
+    import sys
+
+    from onelora.peft.hf_format import _peft
+
+    (tmp_path / "peft").mkdir()
+    (tmp_path / "peft" / "__init__.py").write_text(
+        "import logging\nlogging.getLogger('bitsandbytes.backends.cpu.ops').warning('Failed to load CPU kernels')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "peft")
+    with caplog.at_level(logging.INFO):
+        assert _peft().__file__.startswith(str(tmp_path))
+    assert not [r for r in caplog.records if r.name.startswith("bitsandbytes")]
+    assert logging.getLogger("bitsandbytes").level == logging.NOTSET

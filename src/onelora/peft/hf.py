@@ -35,10 +35,9 @@ SET_BY_SUITE = {
 
 def peft_config(config_class: str, config: dict[str, Any] | None, target_modules: list[str]) -> Any:
     """peft's config object, or one PeftError line naming what is wrong."""
-    try:
-        import peft
-    except ImportError as e:  # a runtime dependency; reached only by a broken install
-        raise PeftError("hf_* methods need the `peft` package: pip install peft") from e
+    from .hf_format import _peft
+
+    peft = _peft()
     cls = getattr(peft, str(config_class), None)
     if not (isinstance(cls, type) and issubclass(cls, peft.PeftConfig)) or issubclass(cls, peft.PromptLearningConfig):
         tuners = sorted(
@@ -96,10 +95,10 @@ class HFTuner(Adapter):
         config: dict[str, Any] | None = None,
     ) -> int:
         """Let peft adapt the layers `names` of `model` in place; returns how many it adapted."""
+        cfg = peft_config(config_class, config, names)  # imports peft first, quietly
         import peft
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        cfg = peft_config(config_class, config, names)
         meta = any(p.is_meta for p in model.parameters())
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             torch.manual_seed(seed)

@@ -17,6 +17,7 @@ Reading peft's folders is `hf_import`.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 import warnings
 from typing import Any
@@ -35,10 +36,17 @@ _warned_heads = False
 
 
 def _peft():
+    """peft, imported with bitsandbytes' import-time advice ("pip install kernels" for a faster CPU path) kept
+    off the screen: peft imports bitsandbytes when installed, even for a model without quantized layers."""
+    bnb_log = logging.getLogger("bitsandbytes")
+    level = bnb_log.level
+    bnb_log.setLevel(max(level, logging.ERROR))
     try:
         import peft
     except ImportError as e:  # a runtime dependency; reached only by a broken install
-        raise PeftError("HF peft's format needs the `peft` package: pip install peft") from e
+        raise PeftError("HF peft needs the `peft` package: pip install peft") from e
+    finally:
+        bnb_log.setLevel(level)
     return peft
 
 
