@@ -1,0 +1,34 @@
+"""The README's results tables equal the committed results files they come from (onelora.report.readme)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onelora.report.readme import ReadmeError, blocks, markdown_tables, refresh, stale
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_tables_equal_their_results_files() -> None:
+    text = (ROOT / "README.md").read_text()
+    paths = {path for path, _, _ in blocks(text)}
+    assert {"results/demo/table.md", "results/mini/table.md", "results/sum_diagnostic/by_type.md"} <= paths
+    assert stale(text, ROOT) == [], "run python scripts/readme_tables.py (and commit the results files)"
+
+
+def test_a_block_that_differs_from_its_file_is_found_and_refreshed(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "r.md").write_text("# R\n\n| a |\n|---|\n| 1 |\n\ntext\n\n| b |\n|---|\n| 2 |\n")
+    assert markdown_tables((tmp_path / "results" / "r.md").read_text()) == ["| a |\n|---|\n| 1 |\n",
+                                                                            "| b |\n|---|\n| 2 |\n"]  # fmt: skip
+    readme = "intro\n<!-- table: results/r.md n=2 -->\n| b |\n|---|\n| 3 |\n<!-- /table -->\nafter\n"
+    assert stale(readme, tmp_path) == ["results/r.md (table 2)"]
+    fixed = refresh(readme, tmp_path)
+    assert fixed == "intro\n<!-- table: results/r.md n=2 -->\n| b |\n|---|\n| 2 |\n<!-- /table -->\nafter\n"
+    assert stale(fixed, tmp_path) == []
+    with pytest.raises(ReadmeError, match="results/none.md, which does not exist"):
+        stale("<!-- table: results/none.md -->\n<!-- /table -->\n", tmp_path)
+    with pytest.raises(ReadmeError, match="table 3 of results/r.md, which has 2"):
+        refresh("<!-- table: results/r.md n=3 -->\n<!-- /table -->\n", tmp_path)
