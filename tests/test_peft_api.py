@@ -321,6 +321,8 @@ BAD_OPTIONS = [  # (method, arguments, what the one line must say)
     ("onelora", {"target_modules": "("}, r"target_modules='\(' is not a valid regular expression \(missing \)"),
     ("onelora", {"exclude_modules": "[a-"}, r"exclude_modules='\[a-' is not a valid regular expression"),
     ("onelora", {"head": [3]}, r"head must be a regex string or a list of module names; 3 is not a name"),
+    ("onelora", {"dtype": "bfloat16"}, r"dtype='bfloat16' is not allowed; dtype must be a floating torch.dtype"),
+    ("onelora", {"dtype": torch.int8}, r"dtype=torch.int8 is not allowed; dtype must be a floating torch.dtype"),
 ]
 
 

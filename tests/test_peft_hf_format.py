@@ -394,3 +394,14 @@ def test_peft_is_imported_without_bitsandbytes_advice(tmp_path, monkeypatch, cap
         assert _peft().__file__.startswith(str(tmp_path))
     assert not [r for r in caplog.records if r.name.startswith("bitsandbytes")]
     assert logging.getLogger("bitsandbytes").level == logging.NOTSET
+
+
+@pytest.mark.parametrize("fmt", ["onelora", "peft"])
+def test_save_into_a_file_path_is_one_line(fmt, tmp_path):
+    _, model = trained("onelora")
+    (tmp_path / "taken").write_text("keep me")
+    with pytest.raises(PeftError, match="is a file; save_peft writes a folder"):
+        save_peft(model, tmp_path / "taken", format=fmt)
+    assert (tmp_path / "taken").read_text() == "keep me"
+    with pytest.raises(PeftError, match="cannot create the adapter folder .*; choose a writable path"):
+        save_peft(model, tmp_path / "taken" / "sub", format=fmt)

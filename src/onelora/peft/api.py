@@ -106,6 +106,8 @@ def validate_peft(
     opts = m.validate_options(options)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PeftError(f"seed={seed!r} is not allowed; seed must be an integer")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise PeftError(f"dtype={dtype!r} is not allowed; dtype must be a floating torch.dtype such as torch.float32")
     default_targets = m.defaults.get("target_modules")  # e.g. lora_qkv's
     targets = _checked_patterns("target_modules", default_targets if target_modules is None else target_modules)
     exclude = _checked_patterns("exclude_modules", DEFAULT_HEADS if exclude_modules is None else exclude_modules)
@@ -196,7 +198,13 @@ def apply_peft(
     options: the method's own (rank, alpha, dropout, rank_rule, d_initial, ...), checked by `validate_peft`.
     """
     plan = validate_peft(
-        method, target_modules=target_modules, exclude_modules=exclude_modules, head=head, seed=seed, **options
+        method,
+        target_modules=target_modules,
+        exclude_modules=exclude_modules,
+        head=head,
+        seed=seed,
+        dtype=dtype,
+        **options,
     )
     m, opts, heads = plan.method, plan.options, plan.head
     if getattr(model, "peft_config", None):

@@ -37,7 +37,12 @@ def _write_atomic(out: Path, files: dict[str, Any]) -> None:
     """Write each file to a temporary name and rename it: a crash never leaves half a file under the real name."""
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise PeftError(f"{out} is a file; save_peft writes a folder: give a folder path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PeftError(f"cannot create the adapter folder {out} ({e.strerror}); choose a writable path") from e
     for name, content in files.items():  # weights first: a config only ever sits beside complete weights
         tmp = out / f".{name}.{os.getpid()}.tmp"
         if isinstance(content, dict):
