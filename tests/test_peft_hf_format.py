@@ -270,6 +270,27 @@ def test_strict_truncated_files(fmt, damaged, tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "fmt, field, value, message",
+    [
+        ("onelora", "dtype", "floaty", "dtype='floaty' is damaged"),
+        ("onelora", "options", [1], r"options=\[1\] is damaged"),
+        ("onelora", "target_modules", 5, "target_modules=5 is not allowed"),
+        ("peft", "r", "x", "r='x' in its config is not a positive integer"),
+        ("peft", "lora_alpha", None, "lora_alpha=None in its config is not a number"),
+        ("peft", "target_modules", None, "target_modules=None in its config names no layers"),
+    ],
+)
+def test_strict_damaged_config_fields(fmt, field, value, message, tmp_path):
+    """A readable JSON config with a field of the wrong type: one PeftError line, not a TypeError later."""
+    save_peft(trained("lora", rank=2)[1], tmp_path, format=fmt)
+    path = next(tmp_path.glob("*.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(PeftError, match=message) as err:
+        load_peft(base_net(), tmp_path)
+    assert "\n" not in str(err.value)
+
+
 def test_peft_adapter_into_a_model_with_the_same_method(tmp_path):
     """A run's init_adapter: the configured method is applied first, then the peft folder fills it."""
     base, theirs = peft_saved("lora", tmp_path)  # LoRA r=2, alpha=5

@@ -60,6 +60,8 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 # ---------------------------------------------------------------------------------- validation
 def _checked_patterns(what: str, p: Patterns) -> list[str] | str | None:
     """A string must be a valid regex (or "all-linear"), a list must hold names."""
+    if p is not None and not isinstance(p, (str, list, tuple, set)):
+        raise PeftError(f"{what}={p!r} is not allowed; give a regex string or a list of module names")
     p = _as_list(p)
     if isinstance(p, str) and p != "all-linear":
         try:

@@ -36,9 +36,18 @@ def _peft_config(raw: dict[str, Any], where: str) -> Any:
     cls = peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING[ptype]
     try:
         check = getattr(cls, "check_kwargs", None)  # peft's own clean-up of older configs' fields
-        return cls.from_peft_type(**(check(**raw) if check else raw))
+        config = cls.from_peft_type(**(check(**raw) if check else raw))
     except (TypeError, ValueError) as e:
         raise PeftError(f"{where}: not a valid {cls.__name__}: {e}") from e
+    # peft checks few types when it reads a config; a damaged field would fail later as a TypeError
+    r, alpha, targets = config.r, getattr(config, "lora_alpha", 1), config.target_modules
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise PeftError(f"{where}: r={r!r} in its config is not a positive integer; the adapter folder is damaged")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise PeftError(f"{where}: lora_alpha={alpha!r} in its config is not a number; the adapter folder is damaged")
+    if not isinstance(targets, (str, list, set, tuple)):
+        raise PeftError(f"{where}: target_modules={targets!r} in its config names no layers; the folder is damaged")
+    return config
 
 
 def _unsupported(config: Any) -> str | None:

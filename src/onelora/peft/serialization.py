@@ -171,6 +171,10 @@ def _load_onelora(model: nn.Module, src: Path) -> nn.Module:
     cfg = _read_json(src / CONFIG_FILE)
     if not isinstance(cfg.get("method"), str):
         raise PeftError(f"{src / CONFIG_FILE} names no method; it is not a config written by save_peft")
+    options, dtype = cfg.get("options", {}), getattr(torch, str(cfg.get("dtype", "float32")), None)
+    if not isinstance(options, dict) or not isinstance(dtype, torch.dtype):
+        field = "options" if not isinstance(options, dict) else "dtype"
+        raise PeftError(f"{src / CONFIG_FILE}: {field}={cfg.get(field)!r} is damaged; save the adapter again")
     tensors = _read_tensors(src / WEIGHTS_FILE)
     if not getattr(model, "peft_config", None):
         apply_peft(
@@ -180,8 +184,8 @@ def _load_onelora(model: nn.Module, src: Path) -> nn.Module:
             exclude_modules=cfg.get("exclude_modules"),
             head=cfg.get("head"),
             seed=cfg.get("seed", 0),
-            dtype=getattr(torch, cfg.get("dtype", "float32")),
-            **cfg.get("options", {}),
+            dtype=dtype,
+            **options,
         )
     elif model.peft_config["method"] != cfg["method"]:
         raise PeftError(f"adapter in {src} is {cfg['method']!r} but the model has {model.peft_config['method']!r}")
