@@ -302,6 +302,9 @@ def test_peft_adapter_into_a_model_with_the_same_method(tmp_path):
         load_peft(apply_peft(copy.deepcopy(base), "onelora"), tmp_path)
     with pytest.raises(PeftError, match="LoRA scale is 2.5, the model's 0.5: set alpha"):
         load_peft(apply_peft(copy.deepcopy(base), "lora", rank=2, alpha=1.0), tmp_path)
+    hf_miss = apply_peft(copy.deepcopy(base), "hf_miss_r1", config_class="MissConfig", config={"r": 1})
+    with pytest.raises(PeftError, match="not into 'hf_miss_r1' .*choose peft=lora"):  # was: "a MissLinear"
+        load_peft(hf_miss, tmp_path)
 
 
 def tiny_gpt2() -> nn.Module:

@@ -98,6 +98,13 @@ def _expected_names(model: nn.Module, config: Any) -> set[str]:
 
 def from_peft(model: nn.Module, raw: dict[str, Any], tensors: dict[str, Tensor], where: str) -> dict[str, Tensor]:
     """Apply the onelora method equal to the peft adapter to `model`; return its state keyed as our model's."""
+    applied = getattr(model, "peft_config", None)
+    if applied and str(applied.get("method", "")).startswith("hf_"):
+        raise PeftError(
+            f"{where}: a peft adapter folder loads into onelora's own methods, not into {applied['method']!r} "
+            "(built by peft): choose peft=lora, dora, vera or onelora (for MiSS r=1), or give an adapter "
+            f"saved by save_peft in onelora's format"
+        )
     config = _peft_config(raw, where)
     why = _unsupported(config)
     if why:
@@ -128,7 +135,6 @@ def from_peft(model: nn.Module, raw: dict[str, Any], tensors: dict[str, Tensor],
             f"{len(names)}: missing {names_list(missing)} (saved from a smaller model?)"
         )
     kind, opts, seed = _method(config, ours, names)
-    applied = getattr(model, "peft_config", None)
     if applied:  # the method is already on the model (a run's init_adapter): the adapter must be the same method
         _check_same_method(model, applied, kind, config, seed, "base_model.vera_A" in shared, where)
         heads = _with_tied(model, list(_head_modules(model, list(applied.get("head") or []))), ours, where)
