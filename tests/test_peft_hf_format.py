@@ -414,10 +414,16 @@ def test_peft_is_imported_without_bitsandbytes_advice(tmp_path, monkeypatch, cap
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "peft")
-    with caplog.at_level(logging.INFO):
-        assert _peft().__file__.startswith(str(tmp_path))
-    assert not [r for r in caplog.records if r.name.startswith("bitsandbytes")]
-    assert logging.getLogger("bitsandbytes").level == logging.NOTSET
+    bnb_log = logging.getLogger("bitsandbytes")
+    before = bnb_log.level
+    bnb_log.setLevel(logging.NOTSET)  # as in a fresh process (another test's import may have raised it)
+    try:
+        with caplog.at_level(logging.INFO):
+            assert _peft().__file__.startswith(str(tmp_path))
+        assert not [r for r in caplog.records if r.name.startswith("bitsandbytes")]
+        assert bnb_log.level == logging.NOTSET
+    finally:
+        bnb_log.setLevel(before)
 
 
 @pytest.mark.parametrize("fmt", ["onelora", "peft"])
@@ -429,3 +435,15 @@ def test_save_into_a_file_path_is_one_line(fmt, tmp_path):
     assert (tmp_path / "taken").read_text() == "keep me"
     with pytest.raises(PeftError, match="cannot create the adapter folder .*; choose a writable path"):
         save_peft(model, tmp_path / "taken" / "sub", format=fmt)
+
+
+def test_one_format_per_folder(tmp_path):
+    """An older adapter in the other format beside a new save would be what load_peft reads: refused."""
+    _, model = trained("onelora")
+    save_peft(model, tmp_path)
+    with pytest.raises(PeftError, match="already holds an adapter in onelora's format .*another folder"):
+        save_peft(model, tmp_path, format="peft")
+    save_peft(model, tmp_path)  # the same format again overwrites, as before
+    save_peft(model, tmp_path / "hf", format="peft")
+    with pytest.raises(PeftError, match="already holds an adapter in HF peft's format"):
+        save_peft(model, tmp_path / "hf")

@@ -63,6 +63,13 @@ def save_peft(model: nn.Module, path: str | os.PathLike, format: Literal["onelor
     if not cfg or "method" not in cfg:
         raise PeftError("model has no peft method applied; call apply_peft first")
     out = Path(path)
+    # load_peft reads onelora's files first: the other format's older files beside new ones would win silently
+    other = {"onelora": ("adapter_config.json", "HF peft's"), "peft": (CONFIG_FILE, "onelora's")}.get(format)
+    if other and (out / other[0]).is_file():
+        raise PeftError(
+            f"{out} already holds an adapter in {other[1]} format ({other[0]}); load_peft reads one format per "
+            "folder: save into another folder"
+        )
     if format == "peft":
         from .hf_format import PEFT_CONFIG, PEFT_WEIGHTS, config_dict, to_peft
 
