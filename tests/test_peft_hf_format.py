@@ -279,6 +279,7 @@ def test_strict_truncated_files(fmt, damaged, tmp_path):
         ("peft", "r", "x", "r='x' in its config is not a positive integer"),
         ("peft", "lora_alpha", None, "lora_alpha=None in its config is not a number"),
         ("peft", "target_modules", None, "target_modules=None in its config names no layers"),
+        ("peft", "target_modules", ["up"], r"holds tensors for 'blocks.0.down', .*do not select"),  # was loaded
     ],
 )
 def test_strict_damaged_config_fields(fmt, field, value, message, tmp_path):
@@ -335,6 +336,17 @@ def test_gpt2_conv1d_adapters_both_ways(method, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(theirs(IDS).logits, ours, **TOL)
         torch.testing.assert_close(back(IDS).logits, ours, **TOL)
+
+
+@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False")  # peft's own note on Conv1D
+def test_gpt2_peft_all_linear_adapter_is_read(tmp_path):
+    """peft's all-linear takes GPT-2's Conv1D layers (not the output layer): the same set is expected here."""
+    base = tiny_gpt2()
+    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules="all-linear"))
+    perturb(theirs)
+    theirs.eval().save_pretrained(str(tmp_path))
+    with torch.no_grad():
+        torch.testing.assert_close(load_peft(copy.deepcopy(base), tmp_path)(IDS).logits, theirs(IDS).logits, **TOL)
 
 
 @pytest.mark.filterwarnings("ignore:the adapter carries a trained head")

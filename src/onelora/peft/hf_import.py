@@ -90,9 +90,9 @@ def _expected_names(model: nn.Module, config: Any) -> set[str]:
 
     wrapped = [n for n, m in model.named_modules() if isinstance(m, AdaptedLayer)]  # the method already applied
     names = [n for n, _ in model.named_modules() if n and not any(n.startswith(w + ".") for w in wrapped)]
-    if config.target_modules == "all-linear":
+    if config.target_modules == "all-linear":  # peft's rule: nn.Linear and Conv1D layers but the output layer
         out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        return {n for n in names if isinstance(model.get_submodule(n), nn.Linear) and model.get_submodule(n) is not out}
+        return {n for n in names if _readable(model.get_submodule(n)) and model.get_submodule(n) is not out}
     return {n for n in names if bool(check_target_module_exists(config, n))}
 
 
@@ -128,6 +128,12 @@ def from_peft(model: nn.Module, raw: dict[str, Any], tensors: dict[str, Tensor],
             "(quantized too) and transformers Conv1D layers"
         )
     expected = _expected_names(model, config)
+    unselected = sorted(names - expected)
+    if unselected:  # peft would create no adapter there and drop these tensors
+        raise PeftError(
+            f"{where}: holds tensors for {names_list(unselected)}, which its target_modules "
+            f"{config.target_modules!r} do not select in this model; the config does not match the weights"
+        )
     missing = sorted(expected - names)
     if missing:
         raise PeftError(
