@@ -224,7 +224,7 @@ def test_disable_peft_runs_the_frozen_base_and_reenables(gpt2, method):
             pass
 
 
-@pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False")  # peft's note on GPT-2's Conv1D
+@pytest.mark.filterwarnings("error::UserWarning")  # peft's note on GPT-2's Conv1D stays off the screen
 def test_disable_peft_switches_off_hf_peft_tuners_too(gpt2):
     """peft=hf_* methods keep peft's own layers in the model: disable_peft uses their switch."""
     base, _, ids = gpt2

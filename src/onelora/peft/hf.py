@@ -105,6 +105,8 @@ class HFTuner(Adapter):
             try:
                 # peft asks transformers' deprecated `is_gradient_checkpointing`: not the user's concern
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                # on GPT-2's Conv1D peft sets fan_in_fan_out itself, as it should, and says so every time
+                warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
                 # low_cpu_mem_usage creates the adapters on the meta device with the model (the dry run)
                 wrapper = peft.get_peft_model(
                     model, cfg, autocast_adapter_dtype=dtype == torch.float32, low_cpu_mem_usage=meta
