@@ -459,3 +459,12 @@ def test_one_format_per_folder(tmp_path):
     save_peft(model, tmp_path / "hf", format="peft")
     with pytest.raises(PeftError, match="already holds an adapter in HF peft's format"):
         save_peft(model, tmp_path / "hf")
+
+
+def test_named_peft_adapter_in_a_subfolder_is_pointed_at(tmp_path):
+    """peft saves an adapter not named 'default' under <dir>/<name>/: the error names that subfolder."""
+    model = get_peft_model(base_net(), LoraConfig(r=1, target_modules=["up"]), adapter_name="math")
+    model.save_pretrained(str(tmp_path))
+    with pytest.raises(PeftError, match="its subfolders 'math' hold peft adapters: give one of them"):
+        load_peft(base_net(), tmp_path)
+    load_peft(base_net(), tmp_path / "math")

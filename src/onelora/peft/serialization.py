@@ -165,9 +165,12 @@ def load_peft(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         state = from_peft(model, raw, tensors, str(src))
         load_state_strict(model, state, src / PEFT_WEIGHTS)
         return model
+    # peft's save_pretrained puts an adapter not named "default" into a subfolder of that name
+    inner = sorted(p.parent.name for p in src.glob(f"*/{PEFT_CONFIG}")) if src.is_dir() else []
+    hint = f"; its subfolders {names_list(inner)} hold peft adapters: give one of them" if inner else ""
     raise PeftError(
         f"{src} is not a saved adapter: expected {CONFIG_FILE} + {WEIGHTS_FILE} (save_peft) "
-        f"or {PEFT_CONFIG} + {PEFT_WEIGHTS} (HF peft)"
+        f"or {PEFT_CONFIG} + {PEFT_WEIGHTS} (HF peft){hint}"
     )
 
 
