@@ -29,7 +29,16 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises instead of printing 5-40 lines; we print one
+    try:
+        main()
+    except Exception as e:
+        from onelora.errors import hydra_error_line
+
+        if (line := hydra_error_line(e)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
     from onelora.record import sweep_exit_code
 
     sys.exit(sweep_exit_code())  # after a multirun: how many jobs did not end ok
