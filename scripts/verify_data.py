@@ -11,6 +11,7 @@ item reads, 1 when some do not (all are listed), 2 when the data set itself is m
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -26,14 +27,26 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
+    from omegaconf import open_dict
 
+    from onelora.data.synthetic import ensure_synthetic
     from onelora.data.verify import verify_datamodule
-    from onelora.errors import user_errors
+    from onelora.errors import hydra_error_line, user_errors
 
     try:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             cfg = compose(config_name="config", overrides=overrides)
+    except Exception as e:  # a misspelt key or unknown option: one line, as run.py prints it
+        if (line := hydra_error_line(e)) is None:
+            raise
+        print(f"verify_data: {line}", file=sys.stderr)
+        return 2
+    if "check_files" in inspect.signature(get_class(cfg.data.module._target_)).parameters:
+        with open_dict(cfg):  # a missing file is then one finding per item, not the end of the check
+            cfg.data.module.check_files = False
+    try:
+        ensure_synthetic(cfg.data)  # a smoke experiment's data set is built on first use, as by run.py
         datamodule = instantiate(cfg.data.module)
         total, problems = verify_datamodule(datamodule, num_workers=args.workers, progress=not args.no_progress)
     except user_errors() as e:

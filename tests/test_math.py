@@ -115,8 +115,9 @@ def test_truncation_keeps_the_prompt_response_boundary(tokenizer) -> None:
         build_example(r["query"], r["response"], tokenizer, max_length=n)
 
 
-def test_tokenizer_without_eos_is_a_clear_error(tmp_path: Path) -> None:
+def test_tokenizer_without_eos_is_a_clear_error(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     tok = make_tokenizer(tmp_path / "noeos", eos=False)
+    assert capfd.readouterr() == ("", "")  # building smoke_math's data prints nothing (tokenizers' bar: blank lines)
     with pytest.raises(DatasetFormatError, match="eos_token"):
         build_example("What is 1 plus 1?", "2", tok, 64)
 

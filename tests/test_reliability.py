@@ -262,6 +262,20 @@ def test_verify_data_lists_every_unreadable_file(tmp_path: Path, capsys: pytest.
     assert str(rgb) in found[0] and f"{split}, line 2" in found[0]
     assert str(depth) in found[1] and f"{split}, line 4" in found[1]
 
+    missing = root / "sync" / lines[2].split()[0].lstrip("/")
+    missing.unlink()  # a listed file that is missing is one more finding, not the end of the check
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert "3 of 6 items read, 3 unreadable" in err and f"RGB image not found: {missing}" in out
+
     split.unlink()  # the data set itself broken: one line, exit 2
     assert main(args) == 2
     assert "split file not found" in capsys.readouterr().err
+
+    assert main([*args[:2], "data.module.batch_sise=2", "--no-progress"]) == 2  # a misspelt key: one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "batch_sise" in err and "Traceback" not in err
+
+    fresh = ["experiment=smoke_mde", f"paths.data_dir={tmp_path / 'fresh'}", "--no-progress"]
+    assert main(fresh) == 0  # a smoke experiment's data set is built on first use, as by run.py
+    assert "6 of 6 items read, 0 unreadable" in capsys.readouterr().err

@@ -190,7 +190,8 @@ def make_tokenizer(path: Path, eos: bool = True, vocab_size: int = 128) -> Any:
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     specials = TOKENIZER_SPECIALS if eos else TOKENIZER_SPECIALS[:2]
-    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(text, trainer)  # show_progress: its bar printed 3 blank lines off a terminal
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
