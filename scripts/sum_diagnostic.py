@@ -45,12 +45,14 @@ def batch_forward(cfg, n: int):  # noqa: ANN001, ANN201
 
 
 def diagnose_model(name: str, n: int):  # noqa: ANN201
+    import torch
     from hydra import compose, initialize_config_dir
 
     from onelora.peft import AdaptedLinear
     from onelora.report.sum_diagnostic import diagnose
     from onelora.train import build_peft_model, ensure_pretrained
 
+    torch.manual_seed(0)  # the random-weight configs: the same weights on every run
     overrides = [f"model={name}", "peft=onelora"] + (["task=quickstart"] if name == "vit_digits" else [])
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
