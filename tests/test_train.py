@@ -170,6 +170,29 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "onelora" in proc.stderr and "nosuchmethod" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("data.module.batch_size=abc", "data.module.batch_size='abc' is not allowed; data.module.batch_size takes a "
+         "whole number >= 1"),
+        ("trainer.max_epochs=two", "trainer.max_epochs takes a whole number >= -1"),
+        ("dry_run=maybe", "dry_run takes true or false"),  # a string would have been silently true
+        ("task.optimizer.lr=fast", "task.optimizer.lr takes a number"),
+        ("trainer.precision=17", "the Lightning Trainer refuses the trainer.* settings: Precision 17 is invalid"),
+    ],
+)  # fmt: skip
+def test_a_value_of_the_wrong_type_is_one_line(tmp_path: Path, override: str, says: str) -> None:
+    from onelora.errors import ConfigError
+    from onelora.preflight import check_values
+    from onelora.train import instantiate_trainer
+
+    with hydra_cfg(tmp_path, "experiment=smoke_classification", override) as cfg:
+        with pytest.raises(ConfigError) as e:
+            check_values(cfg)
+            instantiate_trainer(cfg, [], [], [])
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
 def test_multirun_through_submitit_then_report(cifar: Path) -> None:
     """A sweep through the submitit launcher (jobs as subprocesses), then the report over its run dirs."""
     logs = cifar / "logs"

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import DatasetFormatError
+from .errors import ConfigError, DatasetFormatError
 
 # the data modules' arguments that name files or folders they read (configs/data/*.yaml)
 PATH_KEYS = ("data_dir", "root", "train_root", "val_root", "train_gt_root", "val_gt_root", "train_split",
@@ -74,6 +74,36 @@ def offline_if_cached(cfg: DictConfig) -> bool:
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True
     return True
+
+
+# keys a command line often sets, with the kind of value they take: a wrong type is one line, not a traceback deep
+# in Lightning or the loader (or, for a flag, silently true: `dry_run=maybe`)
+VALUE_KINDS: dict[str, tuple[str, int | None]] = {
+    "dry_run": ("bool", None),
+    "rerun": ("bool", None),
+    "data.module.batch_size": ("int", 1),
+    "data.module.eval_batch_size": ("int", 1),
+    "data.module.num_workers": ("int", 0),
+    "trainer.max_epochs": ("int", -1),
+    "trainer.max_steps": ("int", -1),
+    "trainer.accumulate_grad_batches": ("int", 1),
+    "task.optimizer.lr": ("number", None),
+    "task.lr": ("number", None),
+}
+
+
+def check_values(cfg: DictConfig) -> None:
+    """The keys of `VALUE_KINDS` that are set hold a value of their kind (ConfigError naming the key otherwise)."""
+    for key, (kind, low) in VALUE_KINDS.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        ok = {"bool": isinstance(value, bool), "int": is_int, "number": is_int or isinstance(value, float)}[kind]
+        if not ok or (low is not None and value < low):
+            wanted = {"bool": "true or false", "number": "a number (e.g. 1e-4)", "int": "a whole number"}[kind]
+            raise ConfigError(f"{key}={value!r} is not allowed; {key} takes {wanted}"
+                              f"{'' if low is None else f' >= {low}'}")  # fmt: skip
 
 
 def preflight(cfg: DictConfig) -> None:

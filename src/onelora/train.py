@@ -113,7 +113,9 @@ def is_rank_zero() -> bool:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as `cfg` says; returns the run record (also written to result.json)."""
     from .peft import validate_peft
+    from .preflight import check_values
 
+    check_values(cfg)  # a value of the wrong type for a common key: one line, before anything is built
     validate_peft(cfg.peft.name, **peft_kwargs(cfg))  # a bad method option: one line, before any weight loads
     if cfg.dry_run:
         return dry_run(cfg)
@@ -189,12 +191,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         monitor = next((c for c in callbacks if isinstance(c, EfficiencyMonitor)), None)
         preemption = Preemption()  # SIGTERM and submitit's requeue signal: checkpoint, record, exit or requeue
         plugins = cluster_plugins()  # under SLURM: Lightning's auto-requeue off, submitit owns the signal
-        trainer = instantiate(
-            cfg.trainer,
-            callbacks=[*callbacks, preemption],
-            logger=loggers or False,
-            **({"plugins": plugins} if plugins else {}),
-        )
+        trainer = instantiate_trainer(cfg, [*callbacks, preemption], loggers, plugins)
         for lg in loggers:
             lg.log_hyperparams(
                 {"peft_params": counts.peft, "trainable_params": counts.trainable, "total_params": counts.total}
@@ -245,6 +242,22 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             preemption.requeue()  # under submitit, after its requeue signal: requeue the job and exit
         sys.exit(EXIT_SIGTERM)  # 143, as if SIGTERM had ended the process, so schedulers see a stopped job
     return record, task
+
+
+def instantiate_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any], plugins: list[Any]) -> Any:
+    """The Lightning Trainer of `cfg.trainer`; a value Lightning refuses (precision, accelerator, ...) is one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                           **({"plugins": plugins} if plugins else {}))  # fmt: skip
+    except InstantiationException as e:
+        if not isinstance(e.__cause__, ValueError | TypeError | MisconfigurationException):
+            raise
+        detail = str(e.__cause__).splitlines()[0] if str(e.__cause__).strip() else type(e.__cause__).__name__
+        raise ConfigError(f"the Lightning Trainer refuses the trainer.* settings: {detail}") from None
 
 
 def export_model(model: torch.nn.Module, path: str) -> None:
