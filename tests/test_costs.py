@@ -93,3 +93,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture, tmp
     assert script.main(["fig6", "--methods", "nosuch", "--device", "cpu", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown method" in err[0] and not list(tmp_path.iterdir())
+    bad = ["fig6", "--methods", "onelora", "--device", "cpu", "--set", "data.module.batch_size=abc", "--out"]
+    assert script.main([*bad, str(tmp_path)]) == 2  # a value of the wrong type: one line, as from run.py
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.module.batch_size='abc' is not allowed" in err[0]

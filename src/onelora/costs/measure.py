@@ -44,6 +44,9 @@ def composed(experiment: str, method: str, overrides: Sequence[str], workdir: Pa
         except HydraException as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CostsError(f"cannot compose experiment={experiment} peft={method}: {msg}") from None
+        from ..preflight import check_values
+
+        check_values(cfg)  # --set data.module.batch_size=abc: one line, as from run.py
         random_weights(cfg)
         yield cfg
 
