@@ -25,6 +25,14 @@ def test_every_smoke_experiment_runs_through_run_py_from_a_fresh_data_dir(tmp_pa
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for folder in ("depth_synthetic", "metamath_synthetic", "food101_synthetic", "cifar_synthetic"):
         assert f"written to {tmp_path / 'data' / folder}" in proc.stdout  # one line says where it went
+    # the screen: the suite's lines only; Lightning's lines, its advert, dependency warnings and progress bars
+    # went to each run's log file (onelora.logs), which keeps them
+    screen = proc.stdout + proc.stderr
+    for noise in ("INFO:", "💡", "deprecated", "Loading weights", "GPU available", "Trainer.fit` stopped"):
+        assert noise not in screen, noise
+    assert screen.count("ok: ") == 4 and screen.count("epoch 1/") == 4
+    logs = [p.read_text() for p in (tmp_path / "logs" / "multiruns").rglob("run.log")]
+    assert logs and all("GPU available" in log and "`Trainer.fit` stopped" in log for log in logs)
     records = [json.loads(p.read_text()) for p in (tmp_path / "logs" / "multiruns").rglob("result.json")]
     assert sorted(r["name"] for r in records) == sorted(SMOKE)
     assert all(r["status"] == "ok" and r["metric_best"] is not None for r in records), records
