@@ -102,3 +102,34 @@ def test_a_one_epoch_one_seed_mini_runs_and_reports_every_method(tmp_path: Path,
     for label in ("MoRA", "BitFit", "DiffFit", "LoRA", "VeRA", "DoRA", "1LoRA", "All", "Head only"):
         assert text.count(f"| {label}") >= 4, label  # both protocols, the selection and the ranking
     assert "## Selection of `task.optimizer.lr`" in text and "## Ranking beside the paper's tableS9" in text
+
+
+def test_parallel_multiruns_wait_for_the_shared_pretraining_and_report_to_one_bar(tmp_path: Path) -> None:
+    import io
+    import sys
+
+    from onelora.launch import Command, execute
+    from onelora.progress import SweepDisplay
+
+    def fake(label: str, pretrain: bool, rc: int = 0) -> Command:
+        # a stand-in multirun: writes when it started, then the events a run writes (onelora.progress.emit)
+        code = (
+            "import time; from onelora.progress import emit\n"
+            f"open({str(tmp_path / label)!r}, 'w').write(repr(time.time()))\n"
+            + ("emit('start', pretraining=True); time.sleep(0.6); emit('end', pretraining=True, best=0.9)\n"
+               if pretrain else "")
+            + f"emit('start', peft={label!r}, seed=0); emit('end', peft={label!r}, seed=0, status='ok', best=0.5)\n"
+            f"raise SystemExit({rc})"
+        )  # fmt: skip
+        return Command([sys.executable, "-c", code], 1, label, tmp_path / f"{label}.log")
+
+    stream = io.StringIO()
+    display = SweepDisplay(total=3, scale=100, stream=stream)
+    rc = execute([fake("first", True), fake("second", False), fake("third", False, rc=3)], 2, display)
+    display.close()
+    assert rc == 3  # the first failure's exit status; the others still ran
+    started = {k: float((tmp_path / k).read_text()) for k in ("first", "second", "third")}
+    assert started["second"] >= started["first"] + 0.6  # not before the first one's pre-training ended
+    lines = [line for line in stream.getvalue().replace("\r", "\n").splitlines() if line.startswith("ok ")]
+    assert sorted(line.split()[1] for line in lines) == ["first", "second", "third"]
+    assert "exited with 3" in stream.getvalue() and str(tmp_path / "third.log") in stream.getvalue()
