@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .progress import EventTail, SweepDisplay
 from .report.aggregate import read_records
@@ -34,8 +37,6 @@ class Command:
 
     @property
     def text(self) -> str:
-        import shlex
-
         return shlex.join(self.argv)
 
 
@@ -122,7 +123,7 @@ class _Running:
     cmd: Command
     proc: subprocess.Popen
     tail: EventTail
-    log: object | None
+    log: IO[str] | None
     started: bool = False  # has a run of its own (not a shared first-use step) started or been skipped?
 
 
@@ -133,8 +134,15 @@ def execute(cmds: Sequence[Command], jobs: int = 1, display: SweepDisplay | None
     The first command runs alone until its first run starts, so a first-use step every run shares (the
     quickstart's pre-training) is made once. With a display, each command's output goes to
     `cmd.log` and its runs' events drive the bar; without, output goes to the terminal."""
+    events = Path(tempfile.mkdtemp(prefix="onelora-sweep-"))  # one event file per command
+    try:
+        return _execute(cmds, jobs, display, events)
+    finally:
+        shutil.rmtree(events, ignore_errors=True)
+
+
+def _execute(cmds: Sequence[Command], jobs: int, display: SweepDisplay | None, events: Path) -> int:
     pending, running, rc = list(cmds), [], 0
-    events = Path(tempfile.mkdtemp(prefix="onelora-sweep-"))
     while pending or running:
         while pending and len(running) < jobs and all(r.started for r in running):
             cmd = pending.pop(0)
