@@ -127,6 +127,24 @@ def test_divergence_is_recorded(cifar: Path) -> None:
     assert record["status"] == "diverged" and "lower the learning rate" in record["error"]
 
 
+def test_ctrl_c_is_recorded_as_interrupted(cifar: Path) -> None:
+    """Lightning turns Ctrl-C into a graceful stop and sys.exit(1): the record said `failed`, 'SystemExit: 1'."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT from then on: restored for later tests
+    ctrl_c = ["+callbacks.ctrl_c._target_=helpers.SignalAtStep", "+callbacks.ctrl_c.step=3",
+              "+callbacks.ctrl_c.signal=SIGINT"]  # fmt: skip
+    try:
+        with pytest.raises(SystemExit) as stop:
+            smoke(cifar, "peft=onelora", *ctrl_c)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert stop.value.code == 130
+    record = json.loads((cifar / "run" / "result.json").read_text())
+    assert record["status"] == "interrupted" and "Ctrl-C" in record["error"] and "re-running" in record["error"]
+    assert effective_status(record) == "interrupted"
+
+
 def test_wandb_offline_writes_a_run(cifar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -153,6 +153,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     task = None
     preemption: Preemption | None = None
     stopped = False
+    trainer: Any = None
+    ctrl_c = False  # Lightning turns Ctrl-C into a graceful stop and sys.exit(1)
     try:
         from .data.synthetic import ensure_synthetic
         from .preflight import preflight
@@ -221,6 +223,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     except KeyboardInterrupt:
         record["status"] = "interrupted"
         raise
+    except SystemExit as e:
+        if trainer is None or not trainer.interrupted:
+            record.update(status="failed", error=f"SystemExit: {e}")
+            raise
+        record.update(status="interrupted", error="stopped by Ctrl-C; re-running the same command resumes")
+        record.update(metric_best=getattr(task, "best", None), metrics=getattr(task, "final_metrics", {}))
+        ctrl_c = True
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
         if type(e).__name__ == "InstantiationException" and isinstance(e.__cause__, user_errors()):
@@ -237,6 +246,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         run_event("end", cfg, record)
     if is_rank_zero():  # one summary line, not one per DDP process
         _print_summary(record, record_path)
+    if ctrl_c:
+        sys.exit(130)  # as a shell reports a process ended by SIGINT; a multirun stops here
     if stopped:
         if preemption is not None:
             preemption.requeue()  # under submitit, after its requeue signal: requeue the job and exit
