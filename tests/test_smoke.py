@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from onelora.data.synthetic import ensure_synthetic
+from onelora.errors import DatasetFormatError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ("smoke_mde", "smoke_math", "smoke_generation", "smoke_classification")
@@ -49,3 +51,6 @@ def test_synthetic_data_sets_are_deterministic_and_never_overwritten(tmp_path: P
     build(tmp_path / "a")  # the folder exists: left as it is
     assert (tmp_path / "a" / "food-101" / "meta" / "train.txt").read_text() == "mine\n"
     assert not list(tmp_path.glob(".*.tmp"))
+    (tmp_path / "file").write_text("")  # an unwritable data folder (a file in the way): one line, not a traceback
+    with pytest.raises(DatasetFormatError, match=r"cannot write the synthetic food101 .* paths\.data_dir="):
+        build(tmp_path / "file" / "c")

@@ -233,10 +233,19 @@ def ensure_synthetic(data_cfg: Any) -> Path | None:
         raise ValueError(f"unknown synthetic data set {builder!r}; known: {', '.join(BUILDERS)}")
     if root.exists():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    BUILDERS[builder](tmp)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        BUILDERS[builder](tmp)
+    except OSError as e:  # a read-only or missing data folder: one line, not a traceback
+        from ..errors import DatasetFormatError
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DatasetFormatError(
+            f"cannot write the synthetic {builder} data set to {root} ({e.strerror or e}); "
+            "give a writable folder with paths.data_dir="
+        ) from None
     try:
         os.replace(tmp, root)
     except OSError:  # another process made it meanwhile
