@@ -29,7 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         if not dirs:
             raise ReportError("give a RUNS_DIR to scan or --experiment MANIFEST")
         out = args.out or Path("results") / (manifest.name if manifest else "report")
-        report = write_report(dirs, out, manifest)
+        try:
+            report = write_report(dirs, out, manifest)
+        except OSError as e:  # a read-only place or a file in the way: one line
+            where, target = Path(e.filename or "").absolute(), out.absolute()
+            if not e.filename or not (target.is_relative_to(where) or where.is_relative_to(target)):
+                raise  # not about the output folder
+            raise ReportError(
+                f"cannot write the report to {out} ({e.strerror}: {where}); give a writable --out"
+            ) from None
     except (ManifestError, ReportError) as e:
         print(f"report: {e}", file=sys.stderr)
         return 2

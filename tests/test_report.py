@@ -151,13 +151,20 @@ def test_without_manifest_and_all_failed(tmp_path):
     assert all((tmp_path / "out" / f).is_file() for f in ("table.md", "table.tex", "bubble.png", "memory.png"))
 
 
-def test_cli_bad_input_is_one_line(tmp_path, capsys):
+def test_cli_bad_input_is_one_line(runs, tmp_path, capsys):
     main = runpy.run_path(str(ROOT / "scripts" / "report.py"), run_name="report")["main"]
     assert main([str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("report: no result.json found under") and "\n" not in err
     assert main(["--experiment", "no_such_item", "--out", str(tmp_path / "o")]) != 0
     assert "unknown experiment manifest 'no_such_item'" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")  # --out below a file: one line, not a NotADirectoryError traceback
+    assert main([str(runs[0]), "--out", str(tmp_path / "file" / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith(f"report: cannot write the report to {tmp_path / 'file' / 'o'} (Not a directory")
+        and "\n" not in err
+    )
 
 
 def test_paper_table_s9_shows_the_papers_numbers(tmp_path):
