@@ -195,6 +195,7 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
          "whole number >= 1"),
         ("trainer.max_epochs=two", "trainer.max_epochs takes a whole number >= -1"),
         ("dry_run=maybe", "dry_run takes true or false"),  # a string would have been silently true
+        ("callbacks.checkpoint.every_n_train_steps=abc", "every_n_train_steps takes a whole number >= 0"),
         ("task.optimizer.lr=fast", "task.optimizer.lr takes a number"),
         ("trainer.precision=17", "the Lightning Trainer refuses the trainer.* settings: Precision 17 is invalid"),
     ],

@@ -87,6 +87,7 @@ VALUE_KINDS: dict[str, tuple[str, int | None]] = {
     "trainer.max_epochs": ("int", -1),
     "trainer.max_steps": ("int", -1),
     "trainer.accumulate_grad_batches": ("int", 1),
+    "callbacks.checkpoint.every_n_train_steps": ("int", 0),
     "task.optimizer.lr": ("number", None),
     "task.lr": ("number", None),
 }
