@@ -38,7 +38,8 @@ if __name__ == "__main__":
         if (line := hydra_error_line(e)) is None:
             raise
         print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
+        multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        sys.exit(1 if multirun else 2)  # a multirun's exit code counts failed jobs: one that never composed counts one
     from onelora.record import sweep_exit_code
 
     sys.exit(sweep_exit_code())  # after a multirun: how many jobs did not end ok
