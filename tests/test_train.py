@@ -212,6 +212,15 @@ def test_a_value_of_the_wrong_type_is_one_line(tmp_path: Path, override: str, sa
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
+def test_no_progress_bar_off_a_terminal(tmp_path: Path) -> None:
+    """Piped or in a SLURM log, Lightning's Rich bar printed its last frame as 7 garbled lines after the epochs."""
+    from onelora.train import instantiate_trainer
+
+    with hydra_cfg(tmp_path) as cfg:  # the quickstart: trainer.enable_progress_bar=true
+        assert cfg.trainer.enable_progress_bar and not sys.stdout.isatty()
+        assert instantiate_trainer(cfg, [], [], []).progress_bar_callback is None
+
+
 def test_multirun_through_submitit_then_report(cifar: Path) -> None:
     """A sweep through the submitit launcher (jobs as subprocesses), then the report over its run dirs."""
     logs = cifar / "logs"

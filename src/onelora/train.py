@@ -261,9 +261,11 @@ def instantiate_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any
     from hydra.utils import instantiate
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    extra: dict[str, Any] = {"plugins": plugins} if plugins else {}
+    if not sys.stdout.isatty():  # piped or a SLURM log: Lightning's bar would end as a garbled frame; the epoch
+        extra["enable_progress_bar"] = False  # lines are the progress there
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                           **({"plugins": plugins} if plugins else {}))  # fmt: skip
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra)
     except InstantiationException as e:
         if not isinstance(e.__cause__, ValueError | TypeError | MisconfigurationException):
             raise
