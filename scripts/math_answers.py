@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,12 @@ def generate(model: Any, tokenizer: Any, questions: list[str], max_new_tokens: i
     for i in range(0, len(questions), batch_size):
         prompts = [format_prompt(q) for q in questions[i : i + batch_size]]
         enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        limit = getattr(model.config, "max_position_embeddings", None)  # past it transformers warns on screen
+        room = max_new_tokens if not limit else max(1, min(max_new_tokens, limit - enc["input_ids"].shape[1]))
         with torch.no_grad():
             ids = model.generate(
                 **enc,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=room,
                 do_sample=False,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
@@ -84,15 +87,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from hydra.utils import instantiate
 
-    from onelora.checkpoints import RunError, load_run
+    from onelora.checkpoints import RunError, load_run, load_run_config
     from onelora.data.metamath import _valid
 
     run_dir = args.run_dir.resolve()
     ckpt = args.ckpt or run_dir / "checkpoints" / "last.ckpt"
     try:
+        task = load_run_config(run_dir, args.config).task.name
+        if task != "math":  # checked before the model loads
+            raise RunError(f"{run_dir} is a {task} run; math_answers.py answers the questions of a math run")
         cfg, model, _ = load_run(run_dir, ckpt, args.config)
     except RunError as e:
-        raise SystemExit(f"error: {e}") from None
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     dm = instantiate(cfg.data.module)
     tokenizer = dm.load_tokenizer()
     _, val = dm.split_records()

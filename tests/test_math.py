@@ -244,6 +244,19 @@ def test_answers_script_runs_on_the_checkpoint(smoke_runs: dict) -> None:
     assert math_answers.normalize("5.0") == math_answers.normalize("5")
 
 
+def test_answers_script_on_a_wrong_run_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import math_answers
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    (tmp_path / "config.yaml").write_text("task: {name: mde}\npaths: {output_dir: x}\n")  # not a math run
+    with pytest.raises(SystemExit) as stop:
+        math_answers.main([str(tmp_path), "--n", "1"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "is a mde run" in err and "\n" not in err  # was an AttributeError traceback
+
+
 # --- batching, strategies, configs --------------------------------------------------------------
 def test_accumulation_is_computed_from_the_global_batch() -> None:
     assert (
