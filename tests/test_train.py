@@ -198,16 +198,18 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
         ("callbacks.checkpoint.every_n_train_steps=abc", "every_n_train_steps takes a whole number >= 0"),
         ("task.optimizer.lr=fast", "task.optimizer.lr takes a number"),
         ("trainer.precision=17", "the Lightning Trainer refuses the trainer.* settings: Precision 17 is invalid"),
-    ],
+        ("export_to=/dev/null/model", "export_to=/dev/null/model: /dev/null is not a writable folder"),  # said before
+    ],  # training, not as a NotADirectoryError traceback after it
 )  # fmt: skip
 def test_a_value_of_the_wrong_type_is_one_line(tmp_path: Path, override: str, says: str) -> None:
     from onelora.errors import ConfigError
-    from onelora.preflight import check_values
+    from onelora.preflight import check_export_to, check_values
     from onelora.train import instantiate_trainer
 
     with hydra_cfg(tmp_path, "experiment=smoke_classification", override) as cfg:
         with pytest.raises(ConfigError) as e:
             check_values(cfg)
+            check_export_to(cfg)
             instantiate_trainer(cfg, [], [], [])
     assert says in str(e.value) and "\n" not in str(e.value)
 

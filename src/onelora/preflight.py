@@ -107,6 +107,18 @@ def check_values(cfg: DictConfig) -> None:
                               f"{'' if low is None else f' >= {low}'}")  # fmt: skip
 
 
+def check_export_to(cfg: DictConfig) -> None:
+    """`export_to=` lies in a folder this process can write: said before training, not after it."""
+    if not cfg.get("export_to"):
+        return
+    target = Path(str(cfg.export_to)).absolute()
+    place = next(p for p in (target, *target.parents) if p.exists())
+    if not (place.is_dir() and os.access(place, os.W_OK)):
+        raise ConfigError(f"export_to={cfg.export_to}: {place} is not a writable folder; give export_to= a folder "
+                          "that can be written")  # fmt: skip
+
+
 def preflight(cfg: DictConfig) -> None:
     check_data(cfg)
+    check_export_to(cfg)
     offline_if_cached(cfg)
