@@ -276,6 +276,14 @@ def test_verify_data_lists_every_unreadable_file(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "batch_sise" in err and "Traceback" not in err
 
+    cifar = ["experiment=smoke_classification", f"paths.data_dir={tmp_path / 'fresh'}", "--no-progress"]
+    assert main(cifar) == 0  # built on first use
+    batch = tmp_path / "fresh" / "cifar_synthetic" / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[:500])  # a truncated pickle: one line, not torchvision's traceback
+    assert main(cifar) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "a batch file in" in err and "cannot be read (UnpicklingError" in err
+
     fresh = ["experiment=smoke_mde", f"paths.data_dir={tmp_path / 'fresh'}", "--no-progress"]
     assert main(fresh) == 0  # a smoke experiment's data set is built on first use, as by run.py
     assert "6 of 6 items read, 0 unreadable" in capsys.readouterr().err

@@ -97,8 +97,15 @@ class CIFARDataModule(ImageClassificationData):
     def setup(self, stage: str | None = None) -> None:
         check_cifar(self.data_dir, self.num_classes)
         cls = _cifar_class(self.num_classes)
-        self.train_set = _subset(cls(self.data_dir, train=True, transform=self.train_tf), self.train_subset)
-        self.val_set = _subset(cls(self.data_dir, train=False, transform=self.val_tf), self.val_subset)
+        try:
+            self.train_set = _subset(cls(self.data_dir, train=True, transform=self.train_tf), self.train_subset)
+            self.val_set = _subset(cls(self.data_dir, train=False, transform=self.val_tf), self.val_subset)
+        except Exception as e:  # a truncated or foreign pickle (torchvision reads every batch here): one line
+            folder = Path(self.data_dir) / CIFAR_LAYOUT[self.num_classes][0]
+            raise DatasetFormatError(
+                f"CIFAR-{self.num_classes}: a batch file in {folder} cannot be read ({type(e).__name__}: {e}); "
+                "re-extract the python version's archive there"
+            ) from None
 
 
 def _subset(ds: Dataset, n: int | None) -> Dataset:
