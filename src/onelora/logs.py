@@ -46,7 +46,16 @@ def quiet_dependencies() -> None:
     import lightning  # noqa: F401  # importing it adds the handler removed below
     import transformers
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+    # Lightning, the hub (its download retries: 10 lines a file when offline) and transformers put their own
+    # console handlers on their loggers: through the root instead, their lines reach run.log and only errors the screen
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "pytorch_lightning",
+        "huggingface_hub",
+        "transformers",
+    ):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
