@@ -139,6 +139,16 @@ def test_an_unwritable_log_directory_is_one_line(tmp_path: Path) -> None:
         assert "paths.log_dir=" in lines[0]
 
 
+def test_an_empty_path_is_one_line(tmp_path: Path) -> None:
+    """`paths.log_dir=` (empty) would put the runs under the filesystem's root: refused before anything is written."""
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "paths.log_dir=", "dry_run=true"], capture_output=True,
+                          text=True, cwd=tmp_path, env=ENV, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: paths.log_dir is empty; give a folder (paths.log_dir=/path) or leave it out for the default"
+    ]
+    assert not (tmp_path / ".hydra").exists()
+
+
 def test_a_multirun_records_each_failure_and_goes_on(cifar: Path) -> None:
     """Both jobs end in a user error (an option neither method has): each failure is in the job's own result.json,
     the second job runs after the first failed, and the exit code counts the jobs that did not end ok."""

@@ -262,6 +262,13 @@ class SweepOutcome(_hydra_callback_base()):
     def _check(config: Any, mode: str) -> None:
         from omegaconf import OmegaConf
 
+        for key in ("paths.root_dir", "paths.log_dir", "paths.data_dir", "paths.cache_dir"):
+            if _select(config, key, OmegaConf) == "":  # `paths.log_dir=` would write under the filesystem's root
+                print(
+                    f"error: {key} is empty; give a folder ({key}=/path) or leave it out for the default",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
         dirs = [f"hydra.{mode}.dir", "paths.log_dir"]
         directory = next((d for key in dirs if (d := _select(config, key, OmegaConf)) is not None), None)
         if directory is None:
