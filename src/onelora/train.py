@@ -217,8 +217,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         record.update(status="diverged", error=str(e))
         print(f"run diverged: {e}", file=sys.stderr)
     except SIGTERMException:  # Lightning stopped at a step end; RunCheckpoint saved a checkpoint there
-        record.update(status="interrupted", error="stopped by SIGTERM; re-running the same command resumes")
-        record.update(metric_best=getattr(task, "best", None), metrics=getattr(task, "final_metrics", {}))
+        _interrupted(record, task, "SIGTERM")
         stopped = True
     except KeyboardInterrupt:
         record["status"] = "interrupted"
@@ -227,8 +226,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         if trainer is None or not trainer.interrupted:
             record.update(status="failed", error=f"SystemExit: {e}")
             raise
-        record.update(status="interrupted", error="stopped by Ctrl-C; re-running the same command resumes")
-        record.update(metric_best=getattr(task, "best", None), metrics=getattr(task, "final_metrics", {}))
+        _interrupted(record, task, "Ctrl-C")
         ctrl_c = True
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
@@ -253,6 +251,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             preemption.requeue()  # under submitit, after its requeue signal: requeue the job and exit
         sys.exit(EXIT_SIGTERM)  # 143, as if SIGTERM had ended the process, so schedulers see a stopped job
     return record, task
+
+
+def _interrupted(record: dict[str, Any], task: Any, by: str) -> None:
+    """A run stopped by a signal: resumable, with what it had measured so far."""
+    record.update(status="interrupted", error=f"stopped by {by}; re-running the same command resumes")
+    record.update(metric_best=getattr(task, "best", None), metrics=getattr(task, "final_metrics", {}))
 
 
 def instantiate_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any], plugins: list[Any]) -> Any:
