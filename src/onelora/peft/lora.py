@@ -63,7 +63,8 @@ class LoRA(Adapter):
         return F.linear(F.linear(x.to(self.lora_A.dtype), self.lora_A), self.lora_B)
 
     def add_to_output(self, x: Tensor, y: Tensor) -> Tensor:
-        h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
+        # cast, then drop out (peft's order): dropout's 1/(1-p) rescale is then not rounded to a bf16 input's dtype
+        h = F.linear(self.dropout(x.to(self.lora_A.dtype)), self.lora_A)
         if h.dtype != y.dtype:  # fp32 adapters on a bf16 model: the branch and the sum in fp32, rounded once (peft)
             return (y + F.linear(h, self.lora_B) * self.scaling).to(y.dtype)
         # y + s·(h Bᵀ) in one GEMM (no d-wide temporary, no separate scale and add); autograd keeps h, as before
@@ -71,7 +72,7 @@ class LoRA(Adapter):
         return out.view(y.shape)
 
     def add_to_conv_output(self, x: Tensor, y: Tensor, conv: Conv) -> Tensor:
-        h = conv(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
+        h = conv(self.dropout(x.to(self.lora_A.dtype)), self.lora_A)
         return (y + F.conv2d(h, self.lora_B) * self.scaling).to(y.dtype)
 
     def delta_weight(self, weight: Tensor) -> Tensor:

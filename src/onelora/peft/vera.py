@@ -62,7 +62,7 @@ class VeRA(Adapter):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def add_to_output(self, x: Tensor, y: Tensor) -> Tensor:
-        h = F.linear(self.dropout(x).to(self.vera_A.dtype), self.vera_A)
+        h = F.linear(self.dropout(x.to(self.vera_A.dtype)), self.vera_A)  # cast, then drop out, as peft
         up = F.linear(self.lambda_d * h, self.vera_B)
         if up.dtype != y.dtype:  # fp32 adapters on a bf16 model: the sum in fp32, rounded once (peft)
             return (y + self.lambda_b * up).to(y.dtype)
