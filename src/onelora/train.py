@@ -36,6 +36,12 @@ log = logging.getLogger("onelora")
 
 
 # --- building -------------------------------------------------------------------------------
+def peft_method(cfg: DictConfig) -> str:
+    """The registry method applied: `peft.method` where a task sets its own (DiffFit without β on MDE and LLaMA-2),
+    else the config's name. Records, run folders and reports keep `peft.name`."""
+    return cfg.peft.get("method") or cfg.peft.name
+
+
 def peft_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """apply_peft's arguments from the model and peft config groups."""
     targets = cfg.model.targets.get(cfg.peft.targets)
@@ -59,7 +65,7 @@ def peft_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 def build_peft_model(cfg: DictConfig, meta: bool = False) -> tuple[torch.nn.Module, ParameterCount]:
     model = build_model(cfg.model, pretrained=not meta, meta=meta)
-    apply_peft(model, cfg.peft.name, **peft_kwargs(cfg))
+    apply_peft(model, peft_method(cfg), **peft_kwargs(cfg))
     if cfg.get("init_adapter"):  # save_peft's or HF peft's folder, loaded strictly (checked by the dry run too)
         load_peft(model, cfg.init_adapter)
     return model, count_parameters(model)
@@ -80,7 +86,7 @@ def dry_run(cfg: DictConfig) -> dict[str, int]:
     model, counts = build_peft_model(cfg, meta=True)
     lines = [
         f"model: {cfg.model.name} ({type(model).__name__}), pretrained: {cfg.model.get('pretrained')}",
-        f"peft: {cfg.peft.name}, targets: {cfg.peft.targets}, options: {OmegaConf.to_container(cfg.peft.options)}",
+        f"peft: {cfg.peft.name}{'' if peft_method(cfg) == cfg.peft.name else f' ({peft_method(cfg)})'}, targets: {cfg.peft.targets}, options: {OmegaConf.to_container(cfg.peft.options)}",
         "trainable by group: " + ", ".join(f"{k}={v:,}" for k, v in sorted(counts.groups.items())),
         f"trainable fraction: {counts.trainable / max(counts.total, 1):.6%}",
     ]
@@ -116,7 +122,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from .preflight import check_values
 
     check_values(cfg)  # a value of the wrong type for a common key: one line, before anything is built
-    validate_peft(cfg.peft.name, **peft_kwargs(cfg))  # a bad method option: one line, before any weight loads
+    validate_peft(peft_method(cfg), **peft_kwargs(cfg))  # a bad method option: one line, before any weight loads
     if cfg.dry_run:
         return dry_run(cfg)
     return train(cfg)[0]
