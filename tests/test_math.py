@@ -326,6 +326,92 @@ def test_fsdp_strategy_instantiates_and_wraps_layers_and_adapters(tmp_path: Path
     assert strategy.mixed_precision.param_dtype is None and strategy.mixed_precision.buffer_dtype is None
 
 
+@pytest.mark.parametrize("overrides", [(), ("trainer=fsdp",), ("experiment=math_llama2_13b",),
+                                       ("experiment=math_llama2_7b_1gpu",)])  # fmt: skip
+def test_math_clips_the_gradient_norm_at_one(tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    """MoRA trains through the HF Trainer: DeepSpeed's `gradient_clipping: "auto"` takes TrainingArguments'
+    max_grad_norm, 1.0 by default (transformers as MoRA pins it). Every strategy of the math experiments clips it."""
+    with hydra_cfg(tmp_path, "experiment=math_llama2_7b", *overrides) as cfg:
+        assert cfg.trainer.gradient_clip_val == 1.0
+        assert cfg.trainer.get("gradient_clip_algorithm", "norm") in (None, "norm")
+        assert "gradient_clipping" not in (cfg.trainer.get("strategy") or {})  # DeepSpeed takes the trainer's
+
+
+def test_deepspeed_config_takes_the_trainers_clip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning writes `trainer.gradient_clip_val` into DeepSpeed's `gradient_clipping` (deepspeed itself is not
+    installed here: its availability and the logger the constructor sets are faked; the config is Lightning's code)."""
+    import types
+
+    import lightning.pytorch.strategies.deepspeed as lds
+    from hydra.utils import instantiate
+
+    monkeypatch.setattr(lds, "_DEEPSPEED_AVAILABLE", True)
+    monkeypatch.setattr(lds, "_DEEPSPEED_GREATER_EQUAL_0_16", True)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "deepspeed" else find_spec(n, *a))
+    logger = types.SimpleNamespace(setLevel=lambda level: None)  # all the strategy's constructor touches
+    monkeypatch.setitem(sys.modules, "deepspeed", types.SimpleNamespace(utils=types.SimpleNamespace(
+        logging=types.SimpleNamespace(logger=logger))))  # fmt: skip
+    with hydra_cfg(tmp_path, "experiment=math_llama2_7b") as cfg:
+        strategy = instantiate(cfg.trainer.strategy)
+        clip = cfg.trainer.gradient_clip_val
+    trainer = types.SimpleNamespace(accumulate_grad_batches=2, gradient_clip_val=clip)
+    strategy._lightning_module = types.SimpleNamespace(trainer=trainer)
+    strategy.config["train_micro_batch_size_per_gpu"] = 4  # else read from the trainer's loader
+    strategy._format_batch_size_and_grad_accum_config()
+    assert strategy.config["gradient_clipping"] == 1.0
+
+
+def test_fsdp_clips_the_gradient_norm_through_the_root_module(tmp_path: Path) -> None:
+    """Lightning's FSDP precision refuses norm clipping (no reference to the root module); ours clips with the root's
+    `clip_grad_norm_` (the norm over every rank's shards). One SGD step at lr 1 moves each weight by its clipped
+    gradient: the same as torch's clip_grad_norm_ on the unwrapped model. FSDP on CPU needs the module wrapped
+    by hand (Lightning passes no CPU device to FSDP); the strategy is the math experiment's."""
+    import lightning as L
+    import torch.distributed as dist
+    from hydra.utils import instantiate
+    from torch import nn
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+
+        def configure_model(self) -> None:
+            if not isinstance(self.net, FSDP):
+                self.net = FSDP(self.net, device_id=torch.device("cpu"), use_orig_params=True)
+
+        def training_step(self, batch: list[torch.Tensor], _: int) -> torch.Tensor:
+            return (self.net(batch[0]) * 10).sum()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=1.0)
+
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    module = Tiny()
+    before = [p.detach().clone() for p in module.net.parameters()]
+    ref = copy.deepcopy(module.net)
+    (ref(x) * 10).sum().backward()
+    assert torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0) > 10  # the clip is active
+    with hydra_cfg(tmp_path, "experiment=math_llama2_7b", "trainer=fsdp") as cfg:
+        strategy = instantiate(cfg.trainer.strategy)
+        clip = cfg.trainer.gradient_clip_val
+    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=strategy, gradient_clip_val=clip, max_steps=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=3)
+    try:
+        with pytest.warns(UserWarning):  # the auto-wrap policy is ignored: the module is already wrapped
+            trainer.fit(module, loader)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    for b, p, r in zip(before, module.net.parameters(), ref.parameters()):
+        torch.testing.assert_close(b - p.detach(), r.grad, atol=1e-6, rtol=1e-5)
+
+
 def test_fsdp_dtype_check_names_methods_that_cannot_be_flattened(tmp_path: Path) -> None:
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 

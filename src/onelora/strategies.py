@@ -16,9 +16,12 @@ trainable tensors fp32) and autocast (`precision: bf16-mixed`) does the bf16 com
 - Methods whose trainable tensors sit directly on the adapted linear layer beside its bf16 weight
   (BitFit's β, DiffFit's γ) cannot be flattened with it: `OneLoRAFSDPStrategy` says so before FSDP
   does (use `trainer=deepspeed`, or `task.weights_dtype=float32`).
+- `trainer.gradient_clip_val` clips the gradient norm through the root FSDP module's `clip_grad_norm_` (the norm
+  over every rank's shards); Lightning's own FSDP precision plugin refuses norm clipping.
 
 `deepspeed_strategy`: ZeRO stage 2 as MoRA's `ds.config` (overlap_comm, 2e8 buckets); checkpoints keep
-only trainable tensors (`exclude_frozen_parameters`). DeepSpeed casts the module to bf16 and keeps fp32
+only trainable tensors (`exclude_frozen_parameters`); Lightning writes `trainer.gradient_clip_val` into
+DeepSpeed's `gradient_clipping`. DeepSpeed casts the module to bf16 and keeps fp32
 master copies of what trains in its optimizer. It is not a dependency of the suite: a clear error if missing.
 """
 
@@ -87,14 +90,39 @@ def check_uniform_dtypes(model: nn.Module, unit_classes: Sequence[type]) -> None
 
 
 def _strategy_class() -> type:
+    from lightning.pytorch.plugins.precision import FSDPPrecision
     from lightning.pytorch.strategies import FSDPStrategy
 
+    class RootClipFSDPPrecision(FSDPPrecision):
+        """FSDPPrecision that clips the gradient norm through the root FSDP module (`clip_grad_norm_`, the norm
+        over every rank's shards), where Lightning's refuses `gradient_clip_val` for lack of that module."""
+
+        def __init__(self, precision: Any, scaler: Any, strategy: Any) -> None:
+            super().__init__(precision, scaler)
+            self.strategy = strategy
+
+        def clip_grad_by_norm(self, optimizer: Any, clip_val: float) -> None:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            (root,) = FullyShardedDataParallel.fsdp_modules(self.strategy.model, root_only=True)
+            root.clip_grad_norm_(clip_val)
+
     class OneLoRAFSDPStrategy(FSDPStrategy):
-        """Lightning's FSDPStrategy with a dtype check of the units before wrapping."""
+        """Lightning's FSDPStrategy with a dtype check of the units before wrapping, and norm clipping."""
 
         def __init__(self, *args: Any, unit_classes: Iterable[type] = (), **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.unit_classes = tuple(unit_classes)
+
+        @property
+        def precision_plugin(self) -> Any:
+            return FSDPStrategy.precision_plugin.fget(self)
+
+        @precision_plugin.setter
+        def precision_plugin(self, plugin: Any) -> None:
+            if type(plugin) is FSDPPrecision:  # what Lightning builds from trainer.precision
+                plugin = RootClipFSDPPrecision(plugin.precision, plugin.scaler, self)
+            FSDPStrategy.precision_plugin.fset(self, plugin)
 
         def _setup_model(self, model: nn.Module) -> nn.Module:
             check_uniform_dtypes(model, self.unit_classes)
