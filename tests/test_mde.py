@@ -161,7 +161,7 @@ def test_depth_output_stays_float32_under_bf16_autocast(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("experiment", "writer", "input_hw", "gt_hw"),
     [
-        ("mde_nyu2kitti", write_kitti, (378, 770), (352, 1216)),  # KB crop; ZoeDepth's 384x768, nearest multiple of 14
+        ("mde_nyu2kitti", write_kitti, (392, 518), (352, 1216)),  # KB crop, then Depth Anything's img_size 392x518
         ("mde_kitti2diode", write_diode, (392, 518), (48, 64)),
     ],
 )
