@@ -71,6 +71,31 @@ def test_smoke_mde(nyu_data: Path, method: str, per_layer, extra: list[str]) -> 
         assert task.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_validation_has_no_flip_and_the_final_flip_pass_is_recorded_apart(nyu_data: Path) -> None:
+    """The training's validations (metric_best, metrics) are one forward pass; `eval_flip` is one flip-averaged pass
+    of the final weights, not counted in the validation time. Both recomputed here from the final weights."""
+    from onelora.metrics.depth import DepthMetrics, flip_average
+
+    with hydra_cfg(nyu_data, "experiment=smoke_mde", "peft=lora", "data.module.num_workers=0") as cfg:
+        record, task = train(cfg)
+        dm: DepthDataModule = instantiate(cfg.data.module)
+        data = cfg.data
+    _finite_metrics(record)
+    dm.setup("validate")
+    model = task.model.eval()
+    plain, flipped = (DepthMetrics(data.min_depth, data.max_depth, crop=data.eval_crop) for _ in range(2))
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            fn = lambda x: model(pixel_values=x).predicted_depth  # noqa: E731
+            plain.update(fn(batch["image"]).float(), batch["depth"])
+            flipped.update(flip_average(fn, batch["image"]).float(), batch["depth"])
+    plain_rmse, flip_rmse = float(plain.compute()["rmse"]), float(flipped.compute()["rmse"])
+    assert record["metrics"]["rmse"] == pytest.approx(plain_rmse, rel=1e-5)  # the last validation: final weights
+    assert record["eval_flip"]["rmse"] == pytest.approx(flip_rmse, rel=1e-5)
+    assert abs(flip_rmse - plain_rmse) > 1e-4  # the two protocols differ on this model
+    assert record["eval_flip"]["num_images"] == 2 and record["metric_best"] <= record["metrics"]["rmse"] + 1e-9
+
+
 def test_source_checkpoint_starts_a_onelora_run(nyu_data: Path) -> None:
     src = nyu_data / "src"
     data = f"paths.data_dir={nyu_data / 'data'}"
@@ -201,6 +226,8 @@ def test_transfer_experiments_compose(tmp_path: Path, experiment: str) -> None:
         assert cfg.trainer.precision == "32-true" and cfg.trainer.max_epochs == 5  # ZoeDepth: use_amp false
         assert cfg.trainer.gradient_clip_val == 0.1 and cfg.model.gradient_checkpointing is False
         assert cfg.trainer.val_check_interval == 0.25  # ZoeDepth's validate_every
+        # ZoeDepth's trainer validates with one forward pass; only its evaluate.py averages with a flip
+        assert cfg.task.module.flip_eval is False and cfg.task.module.final_flip_eval is True
         assert cfg.data.module.batch_size == 16 and cfg.task.module.lr_groups is None
         assert isinstance(instantiate(cfg.data.module), DepthDataModule)
 

@@ -216,6 +216,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             record["status"] = "ok"
         record["metric_best"] = task.best
         record["metrics"] = task.final_metrics
+        if record["status"] == "ok" and task.final_eval:  # e.g. MDE's flip-averaged pass, not in the time columns
+            if monitor is not None:
+                record.update(monitor.summary())
+                monitor = None
+            task.start_final_eval()
+            trainer.validate(task, datamodule=datamodule, verbose=False)
+            record[task.final_eval] = task.final_eval_metrics
         if record["status"] == "ok" and cfg.get("export_to") and is_rank_zero():
             export_model(model, cfg.export_to)
             record["exported_to"] = str(cfg.export_to)

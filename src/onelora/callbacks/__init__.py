@@ -126,6 +126,12 @@ class EpochReport(L.Callback):
         from ..progress import emit
 
         name = getattr(pl_module, "metric_name", "loss")
+        if getattr(pl_module, "in_final_eval", False):  # the pass after training (MDE's flip-averaged one)
+            value = trainer.callback_metrics.get(f"{pl_module.final_eval}/{name}")
+            logging.getLogger("onelora.epochs").info(
+                "%s (final weights): %s %s", pl_module.final_eval, name, "n/a" if value is None else f"{value:.4f}"
+            )
+            return
         value = trainer.callback_metrics.get(f"val/{name}")
         value = None if value is None else float(value)
         best = getattr(pl_module, "best", None)

@@ -43,6 +43,8 @@ class PeftTask(L.LightningModule):
         self.lr_groups = {str(k): float(v) for k, v in (lr_groups or {}).items()}  # module prefix -> lr factor
         self.best: float | None = None
         self.final_metrics: dict[str, float] = {}
+        self.in_final_eval = False  # the pass after training (`final_eval`): its metrics are kept apart
+        self.final_eval_metrics: dict[str, float] = {}
         # checkpoints hold only what trains: frozen weights come from the pretrained source
         self.strict_loading = False
 
@@ -57,6 +59,15 @@ class PeftTask(L.LightningModule):
     def compute_metrics(self) -> dict[str, float]:
         """The epoch's metrics (must include `metric_name`); resets the metric state."""
         raise NotImplementedError
+
+    @property
+    def final_eval(self) -> str | None:
+        """The name of an evaluation pass after training, with its own protocol (MDE's flip-averaged one), under
+        which `result.json` and the logs keep its metrics; None: no such pass. `start_final_eval` switches to it."""
+        return None
+
+    def start_final_eval(self) -> None:
+        self.in_final_eval = True
 
     # --- shared loop pieces ---------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -76,6 +87,11 @@ class PeftTask(L.LightningModule):
             self.compute_metrics()
             return
         metrics = {k: float(v) for k, v in self.compute_metrics().items()}
+        if self.in_final_eval:  # neither the best-so-far nor the last validation: the training's numbers stay
+            self.final_eval_metrics = metrics
+            for k, v in metrics.items():
+                self.log(f"{self.final_eval}/{k}", v, sync_dist=False)
+            return
         value = metrics[self.metric_name]
         if math.isfinite(value) and (self.best is None or self._better(value, self.best)):
             self.best = value

@@ -59,7 +59,10 @@ class DepthTask(PeftTask):
         loss: SILog variant, ``"zoedepth"`` (default) or ``"v2"``.
         min_depth, max_depth: the evaluation range of the data set (also checked against the model's max_depth).
         eval_crop: ``"eigen"`` (NYU), ``"garg"`` (KITTI, DIODE outdoor), ``"kitti_eigen"`` or ``None``.
-        flip_eval: average the prediction with that of the flipped image at validation.
+        flip_eval: average the prediction with that of the flipped image at validation (off in the paper's
+            experiments: ZoeDepth's trainer validates with one forward pass; only its evaluate.py flips).
+        final_flip_eval: after training, one more validation pass with flip averaging (evaluate.py's protocol),
+            recorded as ``eval_flip`` apart from the training's validations.
         min_valid_pixels: images with fewer valid ground-truth pixels are skipped at validation (counted in
             ``num_skipped``); 1 = ZoeDepth / Depth Anything V1 (V2 uses 10). A training batch with fewer than 2 valid
             pixels (SILog's unbiased variance needs 2) gives a zero loss.
@@ -76,7 +79,8 @@ class DepthTask(PeftTask):
         min_depth: float = 1e-3,
         max_depth: float = 10.0,
         eval_crop: str | None = None,
-        flip_eval: bool = True,
+        flip_eval: bool = False,
+        final_flip_eval: bool = False,
         min_valid_pixels: int = 1,
         fp32_output: bool = True,
         lr_groups: Mapping[str, float] | None = None,
@@ -90,7 +94,7 @@ class DepthTask(PeftTask):
             raise ValueError(f"unknown SILog variant {loss!r}; task.loss must be zoedepth or v2")
         self.loss_variant = loss
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
-        self.flip_eval = flip_eval
+        self.flip_eval, self.final_flip_eval = flip_eval, final_flip_eval
         self.min_valid_pixels = int(min_valid_pixels)
         self.data_name = data_name
         self.depth_metrics = DepthMetrics(min_depth, max_depth, crop=eval_crop, min_valid_pixels=min_valid_pixels)
@@ -108,6 +112,14 @@ class DepthTask(PeftTask):
         warn_max_depth_mismatch(getattr(config, "max_depth", None), self.max_depth, self.data_name)
 
     # --- PeftTask ---------------------------------------------------------------------------
+    @property
+    def final_eval(self) -> str | None:
+        return "eval_flip" if self.final_flip_eval else None
+
+    def start_final_eval(self) -> None:
+        super().start_final_eval()
+        self.flip_eval = True
+
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
         pred = self(batch["image"])
         mask = batch["mask"]
