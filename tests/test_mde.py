@@ -96,6 +96,40 @@ def test_validation_has_no_flip_and_the_final_flip_pass_is_recorded_apart(nyu_da
     assert record["eval_flip"]["num_images"] == 2 and record["metric_best"] <= record["metrics"]["rmse"] + 1e-9
 
 
+def test_schedule_and_beta1_are_zoedepths_init_scheduler(tmp_path: Path) -> None:
+    """ZoeDepth's base_trainer.init_scheduler: OneCycleLR(lrs, epochs, steps_per_epoch, cycle_momentum=True,
+    base_momentum=0.85, max_momentum=0.95, div_factor=1, final_div_factor=1e4, pct_start=0.7, three_phase=False)
+    (cfg.json sched_kwargs). Ours, from the experiment's config: the same lr and β₁ at every step; β₁ goes
+    0.95 -> 0.85 over the first 70% and back to 0.95."""
+    from onelora.tasks.base import build_scheduler
+
+    epochs, per_epoch = 5, 20
+    with hydra_cfg(tmp_path, "experiment=mde_kitti2nyu") as cfg:
+        sched_cfg, lr = dict(cfg.task.scheduler), cfg.task.optimizer.lr
+    runs = []
+    for official in (False, True):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p], lr=lr, weight_decay=0.01)
+        if official:
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, [g["lr"] for g in opt.param_groups], epochs=epochs, steps_per_epoch=per_epoch,
+                cycle_momentum=True, base_momentum=0.85, max_momentum=0.95, div_factor=1, final_div_factor=10000,
+                pct_start=0.7, three_phase=False,
+            )  # fmt: skip
+        else:
+            sched = build_scheduler(opt, sched_cfg, epochs * per_epoch)
+        trace = []
+        for _ in range(epochs * per_epoch):
+            trace.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
+            opt.step()
+            sched.step()
+        runs.append(trace)
+    assert runs[0] == runs[1]
+    beta1 = [b for _, b in runs[0]]
+    assert beta1[0] == pytest.approx(0.95) and min(beta1) == pytest.approx(0.85) and beta1[-1] == pytest.approx(0.95)
+    assert beta1.index(min(beta1)) == 69  # the turn at 70% of 100 steps
+
+
 def test_source_checkpoint_starts_a_onelora_run(nyu_data: Path) -> None:
     src = nyu_data / "src"
     data = f"paths.data_dir={nyu_data / 'data'}"

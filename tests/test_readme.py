@@ -32,3 +32,11 @@ def test_a_block_that_differs_from_its_file_is_found_and_refreshed(tmp_path: Pat
         stale("<!-- table: results/none.md -->\n<!-- /table -->\n", tmp_path)
     with pytest.raises(ReadmeError, match="table 3 of results/r.md, which has 2"):
         refresh("<!-- table: results/r.md n=3 -->\n<!-- /table -->\n", tmp_path)
+
+
+def test_readme_cites_no_issue_numbers() -> None:
+    """The README describes the suite; which issue changed what belongs in the history, not in it."""
+    import re
+
+    found = re.findall(r"[^\n]{0,40}\bissues? #?\d+[^\n]{0,20}", (ROOT / "README.md").read_text(), re.IGNORECASE)
+    assert found == []
