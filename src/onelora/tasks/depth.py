@@ -3,9 +3,11 @@
 Training: ``predicted_depth = model(pixel_values=images).predicted_depth`` (B, h, w) at the input size, upsampled
 bilinearly (``align_corners=True``) to the ground truth's own resolution and masked there, then SILog
 (:func:`onelora.tasks.losses.silog_loss`, ZoeDepth form by default), as ZoeDepth's trainer does: every LiDAR point
-of a KITTI frame enters the loss. Validation: flip averaging, then :class:`onelora.metrics.depth.DepthMetrics`
-(prediction upsampled to the ground truth, clamped to the evaluation range, Eigen/Garg crop, errors averaged over
-every image with at least one valid pixel, as ZoeDepth; images without one are counted in ``num_skipped``).
+of a KITTI frame enters the loss. Validation: one forward pass (ZoeDepth's trainer; ``flip_eval`` averages with the
+flipped image), then :class:`onelora.metrics.depth.DepthMetrics` (prediction upsampled to the ground truth, clamped
+to the evaluation range, Eigen/Garg crop, errors averaged over every image with at least one valid pixel, as
+ZoeDepth; images without one are counted in ``num_skipped``). ``final_flip_eval``: one flip-averaged pass after
+training (ZoeDepth's evaluate.py), kept apart as ``eval_flip``.
 The run's metric is RMSE (lower is better); AbsRel, δ1..δ3, log10, RMSE-log, SqRel and SILog are logged too.
 
 Optimiser extras over :class:`PeftTask` (both from ZoeDepth, the paper's "training settings of Depth Anything"):
