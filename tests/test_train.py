@@ -197,6 +197,11 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
         ("dry_run=maybe", "dry_run takes true or false"),  # a string would have been silently true
         ("callbacks.checkpoint.every_n_train_steps=abc", "every_n_train_steps takes a whole number >= 0"),
         ("task.optimizer.lr=fast", "task.optimizer.lr takes a number"),
+        ("task.optimizer.lr=-1", "task.optimizer.lr=-1 is not allowed; task.optimizer.lr takes a number (e.g. 1e-4) > 0"),
+        ("task.optimizer.lr=0", "task.optimizer.lr takes a number (e.g. 1e-4) > 0"),  # it trained nothing, said ok
+        ("task.optimizer.weight_decay=-0.1", "task.optimizer.weight_decay takes a number (e.g. 1e-4) >= 0"),
+        ("seed=-1", "seed=-1 is not allowed; seed takes a whole number from 0 to 4294967295"),
+        ("seed=4294967296", "seed takes a whole number from 0 to 4294967295"),
         ("trainer.precision=17", "the Lightning Trainer refuses the trainer.* settings: Precision 17 is invalid"),
         ("export_to=/dev/null/model", "export_to=/dev/null/model: /dev/null is not a writable folder"),  # said before
     ],  # training, not as a NotADirectoryError traceback after it
