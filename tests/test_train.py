@@ -79,10 +79,13 @@ def test_same_seed_same_metrics(cifar: Path) -> None:
     assert a["metrics"] == b["metrics"] and a["metric_best"] == b["metric_best"]
 
 
-def test_finished_run_is_skipped_and_rerun_redoes_it(cifar: Path) -> None:
+def test_finished_run_is_skipped_and_rerun_redoes_it(cifar: Path, capsys: pytest.CaptureFixture) -> None:
     first, task = smoke(cifar, "peft=onelora")
+    capsys.readouterr()
     again, task2 = smoke(cifar, "peft=onelora")
     assert task2 is None and again["finished_at"] == first["finished_at"]
+    said = f"already done: {cifar / 'run' / 'result.json'} (accuracy={first['metric_best']:.4f}); rerun=true to redo"
+    assert capsys.readouterr().out.strip() == said  # rounded as the summary line prints it, not 0.580357134...
     redo, task3 = smoke(cifar, "peft=onelora", "rerun=true")
     assert task3 is not None and redo["status"] == "ok"
 

@@ -132,7 +132,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     record_path = out / RECORD
     previous = read_record(record_path)
     if previous and previous.get("status") == "ok" and not cfg.rerun:
-        print(f"already done: {record_path} ({previous['metric_name']}={previous['metric_best']}); rerun=true to redo")
+        best = previous.get("metric_best")
+        best_s = f"{best:.4f}" if isinstance(best, int | float) else "n/a"  # as the summary line prints it
+        print(f"already done: {record_path} ({previous.get('metric_name')}={best_s}); rerun=true to redo")
         run_event("skip", cfg, previous)
         return previous, None
     from lightning.pytorch.utilities.exceptions import SIGTERMException
