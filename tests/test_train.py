@@ -90,6 +90,41 @@ def test_finished_run_is_skipped_and_rerun_redoes_it(cifar: Path, capsys: pytest
     assert task3 is not None and redo["status"] == "ok"
 
 
+def test_a_damaged_final_record_is_said_and_its_metrics_restored(cifar: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A record damaged after the last checkpoint (invalid JSON; `running` with a dead pid): the re-run trained
+    nothing and wrote `ok` with `metrics: {}`. Now one line names the record and the metrics come back, from the
+    checkpoint, or from one validation where the checkpoint predates them."""
+    first, _ = smoke(cifar, "peft=onelora")
+    assert first["metrics"]["accuracy"] is not None
+    path = cifar / "run" / "result.json"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process has any more
+    ckpt = next((cifar / "run" / "checkpoints").glob("epoch=*.ckpt"))
+
+    def without_metrics() -> None:  # a checkpoint written before the metrics were kept in it
+        state = torch.load(ckpt, weights_only=False)
+        del state["onelora"]["metrics"]
+        torch.save(state, ckpt)
+        path.write_text("{")
+
+    damages = {
+        "is damaged (not a JSON record)": lambda: path.write_text('{"status": "ok", "metr'),
+        f"says running, but its process {gone.pid} is gone": lambda: path.write_text(
+            json.dumps({**first, "status": "running", "pid": gone.pid, "host": socket.gethostname()})
+        ),
+        "is damaged (not a JSON record); the run resumes": without_metrics,
+    }
+    for says, damage in damages.items():
+        damage()
+        caplog.clear()
+        again, task = smoke(cifar, "peft=onelora")
+        assert task is not None and again["status"] == "ok"
+        assert again["metrics"] == pytest.approx(first["metrics"], abs=1e-6), says
+        assert again["metric_best"] == first["metric_best"]
+        lines = [r.getMessage() for r in caplog.records if "resumes from its last checkpoint" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].startswith(f"{path} ") and says in lines[0], lines
+
+
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *args],

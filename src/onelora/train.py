@@ -23,6 +23,7 @@ from .record import (  # noqa: F401  (re-exported: the record's helpers lived he
     RECORD,
     acquire_lock,
     base_record,
+    effective_status,
     git_sha,
     hydra_overrides,
     read_record,
@@ -137,6 +138,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         print(f"already done: {record_path} ({previous.get('metric_name')}={best_s}); rerun=true to redo")
         run_event("skip", cfg, previous)
         return previous, None
+    if (said := damaged_record(record_path, previous)) is not None:
+        log.warning("%s; the run resumes from its last checkpoint, which keeps its metrics", said)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from .callbacks import EfficiencyMonitor
@@ -210,6 +213,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             record["status"] = "interrupted"
         else:
             record["status"] = "ok"
+            if not task.final_metrics:  # resumed from the last checkpoint, and it predates saving the metrics
+                trainer.validate(task, datamodule=datamodule, verbose=False)
         record["metric_best"] = task.best
         record["metrics"] = task.final_metrics
         if record["status"] == "ok" and cfg.get("export_to") and is_rank_zero():
@@ -253,6 +258,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             preemption.requeue()  # under submitit, after its requeue signal: requeue the job and exit
         sys.exit(EXIT_SIGTERM)  # 143, as if SIGTERM had ended the process, so schedulers see a stopped job
     return record, task
+
+
+def damaged_record(path: Path, previous: dict[str, Any] | None) -> str | None:
+    """What is wrong with a run's previous record, if it is damaged: not a JSON record, or `running` while its
+    process is gone (killed after its last checkpoint, or before it)."""
+    if previous is None and path.exists():
+        return f"{path} is damaged (not a JSON record)"
+    if previous and previous.get("status") == "running" and effective_status(previous) == "interrupted":
+        return f"{path} says running, but its process {previous.get('pid')} is gone"
+    return None
 
 
 def _interrupted(record: dict[str, Any], task: Any, by: str) -> None:
