@@ -183,6 +183,25 @@ def test_ctrl_c_is_recorded_as_interrupted(cifar: Path) -> None:
     assert effective_status(record) == "interrupted"
 
 
+def test_ctrl_c_during_the_pretraining_is_interrupted_not_failed(tmp_path: Path) -> None:
+    """Ctrl-C on `make demo` while the source model pre-trains: the fine-tuning run's record said `failed`,
+    'SystemExit: 130' (the pre-training's own exit code seen as an error)."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    ctrl_c = "+model.pretrain_overrides=['+callbacks.ctrl_c._target_=helpers.SignalAtStep','+callbacks.ctrl_c.step=1','+callbacks.ctrl_c.signal=SIGINT']"  # noqa: E501
+    try:
+        with hydra_cfg(tmp_path, ctrl_c) as cfg, pytest.raises(SystemExit) as stop:
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert stop.value.code == 130
+    pre = json.loads((tmp_path / "cache" / "vit_digits_0-4_run" / "result.json").read_text())
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert pre["status"] == "interrupted" and record["status"] == "interrupted", record.get("error")
+    assert "re-running" in record["error"]
+
+
 def test_wandb_offline_writes_a_run(cifar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -230,6 +230,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         record["status"] = "interrupted"
         raise
     except SystemExit as e:
+        if trainer is None and e.code in (130, EXIT_SIGTERM):  # the pre-training run (ensure_pretrained) was stopped
+            _interrupted(record, task, "Ctrl-C" if e.code == 130 else "SIGTERM")
+            raise
         if trainer is None or not trainer.interrupted:
             record.update(status="failed", error=f"SystemExit: {e}")
             raise
