@@ -63,7 +63,7 @@ def _run_py(*args: str, path: str | None = None) -> subprocess.CompletedProcess:
 
 
 def test_an_out_of_range_value_is_one_line_before_anything_is_built(tmp_path) -> None:
-    """seed=-1 was Lightning's 41-line traceback; lr=0 trained nothing and said ok."""
+    """lr=0 trained nothing and said ok (and seed=-1 was Lightning's 41-line traceback, lr=-1 torch's 72 lines)."""
     where = [f"hydra.run.dir={tmp_path / 'r'}", f"paths.output_dir={tmp_path / 'r'}", f"paths.log_dir={tmp_path}",
              f"paths.data_dir={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     proc = _run_py("experiment=smoke_classification", "task.optimizer.lr=0", *where)
@@ -71,10 +71,7 @@ def test_an_out_of_range_value_is_one_line_before_anything_is_built(tmp_path) ->
         "error: task.optimizer.lr=0 is not allowed; task.optimizer.lr takes a number (e.g. 1e-4) > 0"
     ]
     assert not (tmp_path / "data").exists() and not (tmp_path / "r" / "checkpoints").exists()  # nothing built
-    proc = _run_py("seed=-1", "dry_run=true", *where)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "error: seed=-1 is not allowed; seed takes a whole number from 0 to 4294967295"
-    ]
+    # seed=-1 and the other ranges: test_train.py::test_a_value_of_the_wrong_type_is_one_line (the same check)
 
 
 def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path) -> None:
