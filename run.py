@@ -32,6 +32,8 @@ if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises instead of printing 5-40 lines; we print one
     try:
         main()
+    except KeyboardInterrupt:  # Ctrl-C outside training (building, between jobs): the record says interrupted
+        sys.exit(130)
     except Exception as e:
         from onelora.errors import hydra_error_line
 

@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="", help="comma-separated subset, in this order (default: all found)")
     ap.add_argument("--bins", type=int, default=15)
     args = ap.parse_args(argv)
-    preds = load_predictions(args.runs)
+    duplicates: list[Path] = []
+    preds = load_predictions(args.runs, duplicates)
+    if duplicates:  # the same run found twice would double its weight in the pooled histogram and ECE
+        print(f"calibration: counted once: {len(duplicates)} run(s) identical to another found (same method, seed "
+              f"and predictions): {', '.join(map(str, duplicates))}")  # fmt: skip
     if args.methods:
         wanted = [m for m in args.methods.split(",") if m]
         missing = [m for m in wanted if m not in preds]

@@ -20,6 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ONELORA_ROOT", str(ROOT))
 
 
+def run_folder(path: Path, error: type[Exception]) -> Path:
+    """`path` itself if it is a run folder, else the one run folder below it: a sweep puts each run one level
+    under `<method>/seed<k>/` (a folder named by its overrides), so that level names the run as well."""
+    path = path.resolve()
+    if (path / "result.json").is_file() or not path.is_dir():
+        return path  # (load_run names what is missing)
+    runs = sorted(r.parent for r in path.rglob("result.json"))
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise error(f"no run under {path} (no result.json); give a run folder, e.g. logs/multiruns/<name>/full/seed0")
+    raise error(f"{path} holds {len(runs)} runs ({', '.join(str(r.relative_to(path)) for r in runs)}); give one")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("full_run", type=Path)
@@ -31,12 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     import lightning as L
 
     from onelora.checkpoints import RunError, load_run
+    from onelora.logs import quiet_dependencies
     from onelora.models import build_model
     from onelora.report.pca import LABELS, alignment_figure, update_alignment
 
+    quiet_dependencies()  # no transformers loading bars between the script's lines
     try:
-        cfg, full, _ = load_run(args.full_run.resolve())
-        lora = load_run(args.lora.resolve())[1] if args.lora else None
+        cfg, full, _ = load_run(run_folder(args.full_run, RunError))
+        lora = load_run(run_folder(args.lora, RunError))[1] if args.lora else None
     except RunError as e:
         print(f"pca_update: {e}", file=sys.stderr)
         return 2

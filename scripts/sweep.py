@@ -6,14 +6,16 @@
 
 runs `python run.py -m experiment=<exp> peft=<m1,m2,...> seed=<0,1,...> <manifest overrides> <extra args>`.
 A manifest with `tune` first runs its selection sweep, then each method at its chosen value (onelora.launch).
-With --progress each multirun's output goes to <runs_dir>/sweep-<k>.log and the terminal shows one bar over
+With --progress each multirun's output is appended to <runs_dir>/sweep-<k>.log and the terminal shows one bar over
 the runs and one line per finished run. Every group runs whatever happened to the others; the exit code is
-the number of jobs that failed (a multirun that crashed counts one), at most 125.
+the number of jobs that failed (a multirun that crashed counts one), at most 125. Ctrl-C (or `kill`) stops every
+multirun, whose run cut short records `interrupted` (the same command resumes it), and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -48,26 +50,48 @@ def main(argv: list[str] | None = None) -> int:
             for cmd in stage:
                 print(cmd.text.replace(f"{tune.key}=nan", f"{tune.key}=<chosen>") if tune else cmd.text)
         return 0
-    plan = stages(manifest, extra, args.jobs, None)
+    # `kill` and a closed terminal stop the sweep as Ctrl-C does (its multiruns lead their own process groups)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return sweep(manifest, extra, args.progress, args.jobs)
+    except KeyboardInterrupt:  # launch.execute has stopped every multirun and waited for it to end
+        print(f"sweep: interrupted; every multirun stopped, and the runs cut short are recorded `interrupted`: the "
+              f"same command resumes them (`make report EXP={manifest.name}` lists what finished)", file=sys.stderr)  # fmt: skip
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def sweep(manifest: Manifest, extra: list[str], progress: bool, jobs: int) -> int:
+    """Run every stage; the exit code (see the module's docstring)."""
+    tune = manifest.tune
+    plan = stages(manifest, extra, jobs, None)
     display = None
-    if args.progress:
+    if progress:
         scale = manifest.metric.scale if manifest.metric.scale != 1 else 1.0
         display = SweepDisplay(total=sum(c.runs for s in plan for c in s), scale=scale)
         display.write(f"{manifest.title}: {display.total} runs; full output in each multirun's folder")
     rc = 0
-    for i, stage in enumerate(plan):
-        if tune and i == len(plan) - 1:  # the selection is done: each method's value
-            chosen = choose(manifest)
-            missing = [m for m in manifest.methods if m not in chosen]
-            if missing:
-                print(f"sweep: no ok selection run for {', '.join(missing)}; see {tune.runs_dir}", file=sys.stderr)
-                rc = rc or 1
-            line = ", ".join(f"{m} {v:g}" for m, v in chosen.items())
-            (display.write if display else print)(f"chosen {tune.key}: {line}")
-            stage = stages(manifest, extra, args.jobs, chosen)[-1]
-        rc = min(rc + execute(stage, args.jobs, display), 125)  # every stage runs; the exit code counts failed jobs
-    if display is not None:
-        display.close()
+    try:
+        for i, stage in enumerate(plan):
+            if tune and i == len(plan) - 1:  # the selection is done: each method's value
+                chosen = choose(manifest)
+                missing = [m for m in manifest.methods if m not in chosen]
+                if missing:
+                    print(f"sweep: no ok selection run for {', '.join(missing)}; see {tune.runs_dir}", file=sys.stderr)
+                    rc = rc or 1
+                line = ", ".join(f"{m} {v:g}" for m, v in chosen.items())
+                (display.write if display else print)(f"chosen {tune.key}: {line}")
+                stage = stages(manifest, extra, jobs, chosen)[-1]
+            rc = min(rc + execute(stage, jobs, display), 125)  # every stage runs; the exit code counts failed jobs
+    finally:
+        if display is not None:
+            display.close()
     if rc:
         print(f"sweep: some multiruns failed; `make report EXP={manifest.name}` lists what finished", file=sys.stderr)
         return rc

@@ -67,3 +67,23 @@ class SignalAtStep:
                 os.kill(os.getpid(), getattr(signals, signal))
 
         return _Signal()
+
+
+class SlowSteps:
+    """A Lightning callback (duck-typed) that sleeps `seconds` after each training step and, after the first, creates
+    the file $ONELORA_TEST_TRAINING: a run slow enough to be interrupted mid-training, and a sign that it trains."""
+
+    def __new__(cls, seconds: float):  # noqa: D102 (built through Hydra's _target_)
+        import os
+        import time
+        from pathlib import Path
+
+        import lightning as L
+
+        class _Slow(L.Callback):
+            def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+                if os.environ.get("ONELORA_TEST_TRAINING"):
+                    Path(os.environ["ONELORA_TEST_TRAINING"]).touch()
+                time.sleep(seconds)
+
+        return _Slow()

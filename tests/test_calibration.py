@@ -44,3 +44,24 @@ def test_classification_runs_write_predictions_and_the_script_plots(tmp_path: Pa
     assert rows[0].startswith("method,") and {r.split(",")[0] for r in rows[1:]} == {"onelora", "lora"}
     assert Image.open(tmp_path / "fig11" / "calibration.png").size[0] > 0
     assert calibration.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_a_run_found_twice_counts_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`calibration.py logs` saw a single run's seed 0 beside the multirun's identical seed 0 and pooled both."""
+    import json
+    import shutil
+
+    def run(folder: Path, seed: int, conf: list[float], correct: list[float]) -> None:
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({"peft": "lora", "seed": seed, "status": "ok"}))
+        torch.save({"confidence": torch.tensor(conf), "correct": torch.tensor(correct),
+                    "loss": -torch.log(torch.tensor(conf))}, folder / "predictions.pt")  # fmt: skip
+
+    run(tmp_path / "multiruns" / "lora" / "seed0", 0, [0.9, 0.6], [1.0, 0.0])
+    run(tmp_path / "multiruns" / "lora" / "seed1", 1, [0.8, 0.7], [1.0, 1.0])
+    shutil.copytree(tmp_path / "multiruns" / "lora" / "seed0", tmp_path / "runs" / "lora" / "seed0")  # the same run
+    assert calibration.main([str(tmp_path), "--out", str(tmp_path / "fig11"), "--bins", "2"]) == 0
+    row = (tmp_path / "fig11" / "calibration.csv").read_text().splitlines()[1].split(",")
+    # seeds 0 and 1 once each: 4 samples, 3 correct; 2 bins: (.5, 1] holds all four, |3/4 - 0.75| = 0
+    assert row[:4] == ["lora", "4", "0.750000", "0.000000"]
+    assert "counted once: 1 run(s)" in capsys.readouterr().out

@@ -117,9 +117,10 @@ def test_full_and_head_and_every_model_total(tmp_path: Path) -> None:
         assert v["total_params"] == total and v["trainable_params"] == total and v["adapted_layers"] == 0
 
 
-def test_dry_run_cli_prints_the_contract_lines() -> None:
+def test_dry_run_cli_prints_the_contract_lines(tmp_path: Path) -> None:
+    where = [f"hydra.run.dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path / 'logs'}"]  # not the clone's logs/
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "model=llama2_7b", "peft=onelora", "dry_run=true"],
+        [sys.executable, str(ROOT / "run.py"), "model=llama2_7b", "peft=onelora", "dry_run=true", *where],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -308,6 +308,26 @@ def test_peft_adapter_into_a_model_with_the_same_method(tmp_path):
         load_peft(hf_miss, tmp_path)
 
 
+def test_a_model_holding_hf_peft_layers_is_refused_with_one_line(tmp_path):
+    """PeftModel.from_pretrained(base, ...) puts peft's layers into `base` in place; load_peft(base, ...) then said
+    "adapts 'blocks.0.up', a Linear; load_peft reads adapters of nn.Linear", and apply_peft raised KeyError."""
+    _, model = trained("onelora")
+    save_peft(model, tmp_path / "out", format="peft")
+    base = base_net()
+    PeftModel.from_pretrained(base, str(tmp_path / "out"))
+    says = (r"the model already holds HF peft layers \(blocks.0.up: peft.tuners.lora.layer.Linear\), put there in "
+            r"place by PeftModel.from_pretrained or get_peft_model; give it a fresh model")  # fmt: skip
+    for call in (lambda: load_peft(base, tmp_path / "out"), lambda: apply_peft(base, "onelora")):
+        with pytest.raises(PeftError, match=says) as e:
+            call()
+        assert "\n" not in str(e.value)
+    with pytest.raises(PeftError, match="already holds HF peft layers"):  # a get_peft_model wrapper alike
+        load_peft(get_peft_model(base_net(), LoraConfig(r=1, target_modules=["up"])), tmp_path / "out")
+    fresh = load_peft(base_net(), tmp_path / "out")  # the fix the line gives: a fresh model
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(X), model(X), **TOL)
+
+
 def tiny_gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -40,3 +40,30 @@ def test_readme_cites_no_issue_numbers() -> None:
 
     found = re.findall(r"[^\n]{0,40}\bissues? #?\d+[^\n]{0,20}", (ROOT / "README.md").read_text(), re.IGNORECASE)
     assert found == []
+
+
+def python_block(text: str, heading: str) -> str:
+    """The first ```python block after `heading` in the README, as it stands."""
+    rest = text[text.index(f"\n{heading}\n") :]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start : rest.index("```\n", start)]
+
+
+@pytest.mark.parametrize("heading", ["## 1LoRA on your own model", "### Interop with HF peft"])
+def test_readme_snippets_run_as_they_stand(heading: str, tmp_path: Path) -> None:
+    """They used `model` and `base` without defining them; the interop one then loaded into the model that
+    PeftModel.from_pretrained had modified in place. Each runs as a program of its own, in an empty folder."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "snippet.py"
+    script.write_text(python_block((ROOT / "README.md").read_text(), heading))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if "Interop" in heading:
+        assert proc.stdout.strip().splitlines()[-1] == "onelora"
+    else:
+        assert "'adapted_layers': 12" in proc.stdout  # tiny ViT: 2 blocks of q, k, v, o, fc1, fc2

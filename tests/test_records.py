@@ -182,6 +182,47 @@ def test_a_sweep_runs_every_group(tmp_path: Path) -> None:
         assert f"experiment/{name}" in proc.stderr, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_whole_sweep(tmp_path: Path) -> None:
+    """Ctrl-C on `make demo` printed a KeyboardInterrupt traceback, left the `run.py -m` child running and deleted
+    the progress folder it wrote to, so every later job was recorded `failed: FileNotFoundError`; the next sweep
+    truncated the log. A real SIGINT to the sweep's process group, as a terminal sends it, mid-training."""
+    import signal
+    import time
+
+    from onelora.record import pid_alive
+
+    manifest = tmp_path / "two_runs.yaml"
+    manifest.write_text(yaml.safe_dump({"title": "two runs", "experiment": "smoke_classification",
+                                        "methods": ["onelora"], "seeds": [0, 1], "metric": {"name": "accuracy"}}))  # fmt: skip
+    runs = tmp_path / "logs" / "multiruns" / "smoke_classification"
+    log = runs / "sweep-0.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("an earlier sweep's output\n")
+    training = tmp_path / "training"
+    env = {**ENV, "ONELORA_ROOT": str(tmp_path), "ONELORA_TEST_TRAINING": str(training), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "scripts" / "sweep.py"), str(manifest), "--progress",
+           "+callbacks.slow._target_=helpers.SlowSteps", "+callbacks.slow.seconds=0.3"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not training.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert training.exists(), proc.communicate()[1][-3000:]
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: to every process of its foreground group
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("sweep: interrupted; every multirun stopped")
+    records = [json.loads(p.read_text()) for p in runs.rglob("result.json")]
+    assert [r["status"] for r in records] == ["interrupted"], records  # seed 0 cut short; seed 1 never started
+    assert "re-running the same command resumes" in records[0]["error"]
+    assert not pid_alive(records[0]["pid"])  # the multirun (the run's process) ended with the sweep
+    assert log.read_text().startswith("an earlier sweep's output\n")  # appended, not truncated
+    assert "interrupted: classification" in log.read_text()  # the run's own summary line, in the log
+
+
 def test_missing_data_is_said_before_any_weight_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onelora.train
 

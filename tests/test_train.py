@@ -79,12 +79,50 @@ def test_same_seed_same_metrics(cifar: Path) -> None:
     assert a["metrics"] == b["metrics"] and a["metric_best"] == b["metric_best"]
 
 
-def test_finished_run_is_skipped_and_rerun_redoes_it(cifar: Path) -> None:
+def test_finished_run_is_skipped_and_rerun_redoes_it(cifar: Path, capsys: pytest.CaptureFixture) -> None:
     first, task = smoke(cifar, "peft=onelora")
+    capsys.readouterr()
     again, task2 = smoke(cifar, "peft=onelora")
     assert task2 is None and again["finished_at"] == first["finished_at"]
+    said = f"already done: {cifar / 'run' / 'result.json'} (accuracy={first['metric_best']:.4f}); rerun=true to redo"
+    assert capsys.readouterr().out.strip() == said  # rounded as the summary line prints it, not 0.580357134...
     redo, task3 = smoke(cifar, "peft=onelora", "rerun=true")
     assert task3 is not None and redo["status"] == "ok"
+
+
+def test_a_damaged_final_record_is_said_and_its_metrics_restored(cifar: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A record damaged after the last checkpoint (invalid JSON; `running` with a dead pid): the re-run trained
+    nothing and wrote `ok` with `metrics: {}`. Now one line names the record and the metrics come back, from the
+    checkpoint, or from one validation where the checkpoint predates them."""
+    first, _ = smoke(cifar, "peft=onelora")
+    assert first["metrics"]["accuracy"] is not None
+    path = cifar / "run" / "result.json"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process has any more
+    ckpt = next((cifar / "run" / "checkpoints").glob("epoch=*.ckpt"))
+
+    def without_metrics() -> None:  # a checkpoint written before the metrics were kept in it
+        state = torch.load(ckpt, weights_only=False)
+        del state["onelora"]["metrics"]
+        torch.save(state, ckpt)
+        path.write_text("{")
+
+    damages = {
+        "is damaged (not a JSON record)": lambda: path.write_text('{"status": "ok", "metr'),
+        f"says running, but its process {gone.pid} is gone": lambda: path.write_text(
+            json.dumps({**first, "status": "running", "pid": gone.pid, "host": socket.gethostname()})
+        ),
+        "is damaged (not a JSON record); the run resumes": without_metrics,
+    }
+    for says, damage in damages.items():
+        damage()
+        caplog.clear()
+        again, task = smoke(cifar, "peft=onelora")
+        assert task is not None and again["status"] == "ok"
+        assert again["metrics"] == pytest.approx(first["metrics"], abs=1e-6), says
+        assert again["metric_best"] == first["metric_best"]
+        lines = [r.getMessage() for r in caplog.records if "resumes from its last checkpoint" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].startswith(f"{path} ") and says in lines[0], lines
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -145,6 +183,25 @@ def test_ctrl_c_is_recorded_as_interrupted(cifar: Path) -> None:
     assert effective_status(record) == "interrupted"
 
 
+def test_ctrl_c_during_the_pretraining_is_interrupted_not_failed(tmp_path: Path) -> None:
+    """Ctrl-C on `make demo` while the source model pre-trains: the fine-tuning run's record said `failed`,
+    'SystemExit: 130' (the pre-training's own exit code seen as an error)."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGINT)
+    ctrl_c = "+model.pretrain_overrides=['+callbacks.ctrl_c._target_=helpers.SignalAtStep','+callbacks.ctrl_c.step=1','+callbacks.ctrl_c.signal=SIGINT']"  # noqa: E501
+    try:
+        with hydra_cfg(tmp_path, ctrl_c) as cfg, pytest.raises(SystemExit) as stop:
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert stop.value.code == 130
+    pre = json.loads((tmp_path / "cache" / "vit_digits_0-4_run" / "result.json").read_text())
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert pre["status"] == "interrupted" and record["status"] == "interrupted", record.get("error")
+    assert "re-running" in record["error"]
+
+
 def test_wandb_offline_writes_a_run(cifar: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -197,6 +254,11 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
         ("dry_run=maybe", "dry_run takes true or false"),  # a string would have been silently true
         ("callbacks.checkpoint.every_n_train_steps=abc", "every_n_train_steps takes a whole number >= 0"),
         ("task.optimizer.lr=fast", "task.optimizer.lr takes a number"),
+        ("task.optimizer.lr=-1", "task.optimizer.lr=-1 is not allowed; task.optimizer.lr takes a number (e.g. 1e-4) > 0"),
+        ("task.optimizer.lr=0", "task.optimizer.lr takes a number (e.g. 1e-4) > 0"),  # it trained nothing, said ok
+        ("task.optimizer.weight_decay=-0.1", "task.optimizer.weight_decay takes a number (e.g. 1e-4) >= 0"),
+        ("seed=-1", "seed=-1 is not allowed; seed takes a whole number from 0 to 4294967295"),
+        ("seed=4294967296", "seed takes a whole number from 0 to 4294967295"),
         ("trainer.precision=17", "the Lightning Trainer refuses the trainer.* settings: Precision 17 is invalid"),
         ("export_to=/dev/null/model", "export_to=/dev/null/model: /dev/null is not a writable folder"),  # said before
     ],  # training, not as a NotADirectoryError traceback after it

@@ -12,6 +12,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -135,14 +136,44 @@ def execute(cmds: Sequence[Command], jobs: int = 1, display: SweepDisplay | None
     quickstart's pre-training) is made once. With a display, each command's output goes to
     `cmd.log` and its runs' events drive the bar; without, output goes to the terminal."""
     events = Path(tempfile.mkdtemp(prefix="onelora-sweep-"))  # one event file per command
+    running: list[_Running] = []
     try:
-        return _execute(cmds, jobs, display, events)
+        return _execute(cmds, jobs, display, events, running)
+    except KeyboardInterrupt:  # Ctrl-C: every multirun stops (its run records `interrupted`) before the sweep does
+        stop([r.proc for r in running])
+        raise
     finally:
-        shutil.rmtree(events, ignore_errors=True)
+        for r in running:
+            if r.log is not None:
+                r.log.close()
+        shutil.rmtree(events, ignore_errors=True)  # after every multirun ended: they write their events there
 
 
-def _execute(cmds: Sequence[Command], jobs: int, display: SweepDisplay | None, events: Path) -> int:
-    pending, running, rc = list(cmds), [], 0
+def stop(procs: Sequence[subprocess.Popen], grace: float = 60.0) -> None:
+    """Stop the multiruns and wait for them: SIGINT first (Lightning stops at the step's end, the run records
+    `interrupted` and its process exits 130), SIGTERM for one still running after `grace` seconds (or at a second
+    Ctrl-C), then SIGKILL. Each multirun leads its own process group, so its jobs get the signal too."""
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 30.0), (signal.SIGKILL, 5.0)):
+        alive = [p for p in procs if p.poll() is None]
+        for p in alive:
+            try:
+                os.killpg(p.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        try:
+            while alive and time.monotonic() < deadline:
+                time.sleep(0.1)
+                alive = [p for p in alive if p.poll() is None]
+        except KeyboardInterrupt:  # another Ctrl-C: do not wait for the graceful stop
+            continue
+        if not alive:
+            return
+
+
+def _execute(cmds: Sequence[Command], jobs: int, display: SweepDisplay | None, events: Path,
+             running: list[_Running]) -> int:  # fmt: skip
+    pending, rc = list(cmds), 0
     while pending or running:
         while pending and len(running) < jobs and all(r.started for r in running):
             cmd = pending.pop(0)
@@ -150,10 +181,12 @@ def _execute(cmds: Sequence[Command], jobs: int, display: SweepDisplay | None, e
             log = None
             if display is not None:
                 cmd.log.parent.mkdir(parents=True, exist_ok=True)
-                log = open(cmd.log, "w")  # noqa: SIM115  # closed when the process ends
+                log = open(cmd.log, "a")  # noqa: SIM115  # closed when the process ends; a resumed sweep appends
             else:
                 print(cmd.text, flush=True)
-            proc = subprocess.Popen(cmd.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+            # its own process group: a terminal's Ctrl-C reaches the sweep alone, which stops each multirun once
+            proc = subprocess.Popen(cmd.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT if log else None,
+                                    start_new_session=True)  # fmt: skip
             running.append(_Running(cmd, proc, EventTail(events / f"{cmd.label}.jsonl"), log))
         time.sleep(0.2)
         for r in list(running):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -76,35 +76,60 @@ def offline_if_cached(cfg: DictConfig) -> bool:
     return True
 
 
-# keys a command line often sets, with the kind of value they take: a wrong type is one line, not a traceback deep
-# in Lightning or the loader (or, for a flag, silently true: `dry_run=maybe`)
-VALUE_KINDS: dict[str, tuple[str, int | None]] = {
-    "dry_run": ("bool", None),
-    "rerun": ("bool", None),
-    "data.module.batch_size": ("int", 1),
-    "data.module.eval_batch_size": ("int", 1),
-    "data.module.num_workers": ("int", 0),
-    "trainer.max_epochs": ("int", -1),
-    "trainer.max_steps": ("int", -1),
-    "trainer.accumulate_grad_batches": ("int", 1),
-    "callbacks.checkpoint.every_n_train_steps": ("int", 0),
-    "task.optimizer.lr": ("number", None),
-    "task.lr": ("number", None),
+# keys a command line often sets, with the kind of value they take and its range: a wrong type or an out-of-range
+# value is one line, not a traceback deep in Lightning, torch's optimiser or the loader (or, for a flag, silently
+# true: `dry_run=maybe`; for lr=0, a run that trains nothing and says ok)
+class Kind(NamedTuple):
+    kind: str  # bool, int or number
+    low: float | None = None  # the smallest value allowed
+    high: float | None = None  # the largest value allowed
+    above: bool = False  # `low` itself is not allowed (a learning rate of 0 trains nothing)
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything enforces
+
+VALUE_KINDS: dict[str, Kind] = {
+    "dry_run": Kind("bool"),
+    "rerun": Kind("bool"),
+    "seed": Kind("int", 0, SEED_MAX),
+    "data.module.batch_size": Kind("int", 1),
+    "data.module.eval_batch_size": Kind("int", 1),
+    "data.module.num_workers": Kind("int", 0),
+    "trainer.max_epochs": Kind("int", -1),
+    "trainer.max_steps": Kind("int", -1),
+    "trainer.accumulate_grad_batches": Kind("int", 1),
+    "callbacks.checkpoint.every_n_train_steps": Kind("int", 0),
+    "task.optimizer.lr": Kind("number", 0, above=True),
+    "task.optimizer.weight_decay": Kind("number", 0),
+    "task.lr": Kind("number", 0, above=True),
 }
 
 
 def check_values(cfg: DictConfig) -> None:
-    """The keys of `VALUE_KINDS` that are set hold a value of their kind (ConfigError naming the key otherwise)."""
-    for key, (kind, low) in VALUE_KINDS.items():
+    """The keys of `VALUE_KINDS` that are set hold a value of their kind, in its range (ConfigError naming the key
+    and what it takes otherwise)."""
+    for key, spec in VALUE_KINDS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is None:
             continue
         is_int = isinstance(value, int) and not isinstance(value, bool)
-        ok = {"bool": isinstance(value, bool), "int": is_int, "number": is_int or isinstance(value, float)}[kind]
-        if not ok or (low is not None and value < low):
-            wanted = {"bool": "true or false", "number": "a number (e.g. 1e-4)", "int": "a whole number"}[kind]
-            raise ConfigError(f"{key}={value!r} is not allowed; {key} takes {wanted}"
-                              f"{'' if low is None else f' >= {low}'}")  # fmt: skip
+        ok = {"bool": isinstance(value, bool), "int": is_int, "number": is_int or isinstance(value, float)}[spec.kind]
+        if ok and spec.low is not None:
+            ok = value > spec.low if spec.above else value >= spec.low
+        if ok and spec.high is not None:
+            ok = value <= spec.high
+        if not ok:
+            wanted = {"bool": "true or false", "number": "a number (e.g. 1e-4)", "int": "a whole number"}[spec.kind]
+            raise ConfigError(f"{key}={value!r} is not allowed; {key} takes {wanted}{_range(spec)}")
+
+
+def _range(spec: Kind) -> str:
+    def num(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+    if spec.low is not None and spec.high is not None:
+        return f" from {num(spec.low)} to {num(spec.high)}"
+    return "" if spec.low is None else f" {'>' if spec.above else '>='} {num(spec.low)}"
 
 
 def check_export_to(cfg: DictConfig) -> None:

@@ -27,8 +27,11 @@ def emit(event: str, **fields: Any) -> None:
     if not path:
         return
     line = json.dumps({"event": event, "t": round(time.time(), 3), **fields}, default=str) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line)
+    except OSError:  # the sweep that reads it is gone (its folder with it): a run never fails over its progress bar
+        pass
 
 
 @dataclass

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -269,6 +270,11 @@ class SweepOutcome(_hydra_callback_base()):
                     file=sys.stderr,
                 )
                 sys.exit(2)
+        launcher = str(_select(config, "hydra.launcher._target_", OmegaConf) or "") if mode == "sweep" else ""
+        if launcher.endswith("SlurmLauncher") and shutil.which("srun") is None:  # submitit's own test for SLURM
+            print("error: hydra/launcher=slurm needs SLURM (no `srun` on this machine); run it on the cluster's "
+                  "login node, or use hydra/launcher=local here", file=sys.stderr)  # fmt: skip
+            sys.exit(2)
         dirs = [f"hydra.{mode}.dir", "paths.log_dir"]
         directory = next((d for key in dirs if (d := _select(config, key, OmegaConf)) is not None), None)
         if directory is None:

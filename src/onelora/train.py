@@ -23,6 +23,7 @@ from .record import (  # noqa: F401  (re-exported: the record's helpers lived he
     RECORD,
     acquire_lock,
     base_record,
+    effective_status,
     git_sha,
     hydra_overrides,
     read_record,
@@ -138,9 +139,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     record_path = out / RECORD
     previous = read_record(record_path)
     if previous and previous.get("status") == "ok" and not cfg.rerun:
-        print(f"already done: {record_path} ({previous['metric_name']}={previous['metric_best']}); rerun=true to redo")
+        best = previous.get("metric_best")
+        best_s = f"{best:.4f}" if isinstance(best, int | float) else "n/a"  # as the summary line prints it
+        print(f"already done: {record_path} ({previous.get('metric_name')}={best_s}); rerun=true to redo")
         run_event("skip", cfg, previous)
         return previous, None
+    if (said := damaged_record(record_path, previous)) is not None:
+        log.warning("%s; the run resumes from its last checkpoint, which keeps its metrics", said)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from .callbacks import EfficiencyMonitor
@@ -214,6 +219,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             record["status"] = "interrupted"
         else:
             record["status"] = "ok"
+            if not task.final_metrics:  # resumed from the last checkpoint, and it predates saving the metrics
+                trainer.validate(task, datamodule=datamodule, verbose=False)
         record["metric_best"] = task.best
         record["metrics"] = task.final_metrics
         if record["status"] == "ok" and task.final_eval:  # e.g. MDE's flip-averaged pass, not in the time columns
@@ -236,6 +243,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         record["status"] = "interrupted"
         raise
     except SystemExit as e:
+        if trainer is None and e.code in (130, EXIT_SIGTERM):  # the pre-training run (ensure_pretrained) was stopped
+            _interrupted(record, task, "Ctrl-C" if e.code == 130 else "SIGTERM")
+            raise
         if trainer is None or not trainer.interrupted:
             record.update(status="failed", error=f"SystemExit: {e}")
             raise
@@ -264,6 +274,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             preemption.requeue()  # under submitit, after its requeue signal: requeue the job and exit
         sys.exit(EXIT_SIGTERM)  # 143, as if SIGTERM had ended the process, so schedulers see a stopped job
     return record, task
+
+
+def damaged_record(path: Path, previous: dict[str, Any] | None) -> str | None:
+    """What is wrong with a run's previous record, if it is damaged: not a JSON record, or `running` while its
+    process is gone (killed after its last checkpoint, or before it)."""
+    if previous is None and path.exists():
+        return f"{path} is damaged (not a JSON record)"
+    if previous and previous.get("status") == "running" and effective_status(previous) == "interrupted":
+        return f"{path} says running, but its process {previous.get('pid')} is gone"
+    return None
 
 
 def _interrupted(record: dict[str, Any], task: Any, by: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -177,6 +178,27 @@ def _check_support(m: Method, names: list[str], kinds: list[str], layers: list[n
             raise PeftError(f"{what}: LoRA on a grouped convolution (groups={layer.groups}) is not implemented")
 
 
+def check_no_hf_peft_layers(model: nn.Module, what: str) -> None:
+    """Refuse a model into which HF peft put its layers in place (`PeftModel.from_pretrained(base, ...)` and
+    `get_peft_model(base, ...)` modify `base`): its adapted layers are peft's wrappers, neither ours nor plain
+    layers, and its `peft_config` is peft's. The suite's own `hf_*` methods (their `peft_config` is ours) pass."""
+    if "method" in (getattr(model, "peft_config", None) or {}) or "peft" not in sys.modules:
+        return  # ours, or no HF peft layer can be in it
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    name = next((n for n, mod in model.named_modules() if isinstance(mod, BaseTunerLayer)), None)
+    if name is not None:
+        raise PeftError(
+            f"{what}: the model already holds HF peft layers ({name}: {_qualname(model.get_submodule(name))}), "
+            "put there in place by PeftModel.from_pretrained or get_peft_model; give it a fresh model without them "
+            "(or keep using the PeftModel)"
+        )
+
+
+def _qualname(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
 def apply_peft(
     model: nn.Module,
     method: str,
@@ -209,6 +231,7 @@ def apply_peft(
         **options,
     )
     m, opts, heads = plan.method, plan.options, plan.head
+    check_no_hf_peft_layers(model, "apply_peft")
     if getattr(model, "peft_config", None):
         raise PeftError(f"model already has peft method {model.peft_config['method']!r}; apply_peft once per model")
     _check_names_exist(model, "head", heads)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .api import apply_peft
+from .api import apply_peft, check_no_hf_peft_layers
 from .registry import PeftError
 
 CONFIG_FILE, WEIGHTS_FILE = "peft_config.json", "peft_weights.safetensors"
@@ -152,6 +152,7 @@ def load_peft(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     Reads onelora's format and HF peft's adapter folders of LoRA, DoRA, VeRA and MiSS(r=1).
     """
     src = Path(path)
+    check_no_hf_peft_layers(model, f"load_peft({str(path)!r})")
     if (src / CONFIG_FILE).is_file() or (src / WEIGHTS_FILE).is_file():
         return _load_onelora(model, src)
     from .hf_format import PEFT_CONFIG, PEFT_WEIGHTS

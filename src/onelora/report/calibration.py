@@ -7,6 +7,7 @@ a histogram of log10 cross-entropy and a reliability diagram per method.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,18 +26,30 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     return float(ece)
 
 
-def load_predictions(run_dirs: list[Path]) -> dict[str, dict[str, np.ndarray]]:
-    """{method: {confidence, correct, loss}} pooled over the seeds of each method found under `run_dirs`."""
+def load_predictions(run_dirs: list[Path], duplicates: list[Path] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """{method: {confidence, correct, loss}} pooled over the seeds of each method found under `run_dirs`.
+
+    A run found twice (the same method, seed and predictions: a single run's folder beside the multirun's
+    identical one, or a copy) counts once; the folders left out are appended to `duplicates`."""
     pooled: dict[str, dict[str, list[np.ndarray]]] = {}
+    seen: set[tuple[str, object, str]] = set()
     for root in run_dirs:
         for pred in sorted(Path(root).rglob("predictions.pt")):
             record = pred.with_name("result.json")
             if not record.is_file():
                 continue
-            method = json.loads(record.read_text()).get("peft", "?")
+            meta = json.loads(record.read_text())
+            method = meta.get("peft", "?")
             data = torch.load(pred, weights_only=True)
-            for key in ("confidence", "correct", "loss"):
-                pooled.setdefault(method, {}).setdefault(key, []).append(data[key].numpy())
+            arrays = {key: data[key].numpy() for key in ("confidence", "correct", "loss")}
+            digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())).hexdigest()
+            if (method, meta.get("seed"), digest) in seen:
+                if duplicates is not None:
+                    duplicates.append(pred.parent)
+                continue
+            seen.add((method, meta.get("seed"), digest))
+            for key, a in arrays.items():
+                pooled.setdefault(method, {}).setdefault(key, []).append(a)
     return {m: {k: np.concatenate(v) for k, v in d.items()} for m, d in pooled.items()}
 
 

@@ -134,11 +134,13 @@ class PeftTask(L.LightningModule):
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         buffers = {f"model.{n}" for n, _ in self.model.named_buffers()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable | buffers}
-        checkpoint["onelora"] = {"best": self.best, "rng": rng_state()}
+        # the last validation's metrics too: a run whose record was lost after its last checkpoint gets them back
+        checkpoint["onelora"] = {"best": self.best, "metrics": dict(self.final_metrics), "rng": rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("onelora", {})
         self.best = state.get("best")
+        self.final_metrics = dict(state.get("metrics") or {})
         if "rng" in state:
             set_rng_state(state["rng"])
 
