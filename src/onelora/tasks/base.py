@@ -113,6 +113,9 @@ class PeftTask(L.LightningModule):
         sched = build_scheduler(optimizer, self.scheduler_cfg, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        reapply_loader_position(self.trainer)
+
     # --- checkpoints: trainable tensors, best-so-far and RNG state only ---------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
@@ -125,6 +128,23 @@ class PeftTask(L.LightningModule):
         self.best = state.get("best")
         if "rng" in state:
             set_rng_state(state["rng"])
+
+
+def reapply_loader_position(trainer: L.Trainer) -> None:
+    """Resume the training loader where the checkpoint left it, even if it was set up before the restore.
+
+    `trainer.estimated_stepping_batches` (the schedulers' length, in `configure_optimizers`) sets up the train
+    loader before Lightning restores the checkpoint's loops; the loader's saved position then waits unused and the
+    epoch starts again from its first batch (Lightning#20550). Set the loader up again now that the position is
+    known: the same batches as an uninterrupted run.
+    """
+    loop = trainer.fit_loop
+    if not (loop.restarting and loop._combined_loader_states_to_load and loop._combined_loader is not None):
+        return
+    if loop._data_fetcher is not None:  # it already drew (prefetched) the epoch's first batch
+        loop._data_fetcher.teardown()
+    loop._combined_loader = None
+    loop.setup_data()  # requests the loader again and applies the pending position before iterating
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], total_steps: int) -> Any:
