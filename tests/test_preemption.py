@@ -51,6 +51,10 @@ def _per_step(run: Path) -> dict[str, dict[int, str]]:
     return out
 
 
+def _checkpoints(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir() if p.name != "last.ckpt")
+
+
 def _same_as_straight(tmp: Path, run: str, straight: dict) -> None:
     resumed = json.loads((tmp / run / "result.json").read_text())
     assert resumed["status"] == straight["status"] == "ok"
@@ -71,6 +75,8 @@ def test_mde_onecycle_kill9_mid_epoch_replays_nothing(tmp_path: Path) -> None:
     assert os.readlink(tmp_path / "run" / "checkpoints" / "last.ckpt") == "epoch=0-step=1.ckpt"
     _train(tmp_path, "run", *args)
     _same_as_straight(tmp_path, "run", straight)
+    # save_top_k=1 holds across the resume: the checkpoint it resumed from is gone too (Lightning#18687 keeps it)
+    assert _checkpoints(tmp_path / "run") == ["epoch=1-step=8.ckpt"]
 
 
 # --- the same with the cosine schedule and accumulation; then SIGTERM inside an accumulation window ----------------
@@ -90,8 +96,10 @@ def test_math_cosine_kill9_then_sigterm_inside_accumulation_window(tmp_path: Pat
     proc = _cli(tmp_path, "run", *args, *_signal("sigterm", micro_batch=8))
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert os.readlink(ckpts / "last.ckpt") == "epoch=0-step=5.ckpt"
+    assert _checkpoints(tmp_path / "run") == ["epoch=0-step=5.ckpt"]  # save_top_k=1, the resumed-from one gone
     ckpt = torch.load(ckpts / "epoch=0-step=5.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 5 and ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"] == 10
     # 3. resumed to the end: the uninterrupted run's every step and result
     _train(tmp_path, "run", *args)
     _same_as_straight(tmp_path, "run", straight)
+    assert _checkpoints(tmp_path / "run") == ["epoch=0-step=6.ckpt"]  # after two stops and three processes: one

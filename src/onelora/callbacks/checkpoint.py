@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -23,6 +25,9 @@ class RunCheckpoint(ModelCheckpoint):
       checkpoint is written at the step where Lightning stopped, so the requeued run loses nothing. Other
       exceptions (a diverged loss, a bug) save nothing: their state is not worth resuming.
     - No version suffixes: after a resume, `last.ckpt` still names the newest checkpoint.
+    - `save_top_k` holds across resumes: Lightning never deletes the checkpoint a run resumed from (Lightning#18687),
+      so each preemption would leave one more file (with `peft=full`, a model and its optimizer state each); here
+      it goes as any older checkpoint does, once a newer one is on disk.
     """
 
     def __init__(
@@ -39,6 +44,13 @@ class RunCheckpoint(ModelCheckpoint):
         with warnings.catch_warnings():  # a resumed run's folder holds its checkpoints: that is no surprise
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             super().setup(trainer, pl_module, stage)
+
+    def _should_remove_checkpoint(self, trainer: L.Trainer, previous: str, current: str) -> bool:
+        if previous == current:
+            return False
+        if not _is_local_file_protocol(previous):
+            return True
+        return Path(str(self.dirpath)).absolute() in Path(previous).absolute().parents  # only this run's own files
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
