@@ -103,3 +103,24 @@ def test_math_cosine_kill9_then_sigterm_inside_accumulation_window(tmp_path: Pat
     _train(tmp_path, "run", *args)
     _same_as_straight(tmp_path, "run", straight)
     assert _checkpoints(tmp_path / "run") == ["epoch=0-step=6.ckpt"]  # after two stops and three processes: one
+
+
+# --- SIGTERM during validation: a checkpoint at the signal; the resumed run validates again, then trains on --------
+@pytest.mark.slow
+def test_sigterm_during_validation_checkpoints_there_and_resumes_exactly(tmp_path: Path) -> None:
+    # 2 epochs of 4 steps, a checkpoint at each epoch's end (after its validation); SIGTERM after the first of
+    # epoch 0's 2 validation batches
+    args = ("experiment=smoke_classification", "peft=onelora")
+    straight = _train(tmp_path, "straight", *args)
+    proc = _cli(tmp_path, "run", *args, *_signal("sigterm", 4, val_batch=0))
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert _checkpoints(tmp_path / "run") == ["epoch=0-step=4.ckpt"]  # at the signal: epoch 0's training kept
+    _train(tmp_path, "run", *args)
+    resumed = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert resumed["metrics"] == straight["metrics"] and resumed["metric_best"] == straight["metric_best"]
+    assert _validations(tmp_path / "run") == _validations(tmp_path / "straight")  # epoch 0's validation included
+
+
+def _validations(run: Path) -> dict[int, str]:
+    with open(run / "csv" / "metrics.csv") as f:
+        return {int(r["epoch"]): r["val/accuracy"] for r in csv.DictReader(f) if r.get("val/accuracy")}
