@@ -16,7 +16,7 @@ log = logging.getLogger("onelora")
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, with three differences.
+    """Lightning's ModelCheckpoint, with four differences.
 
     - A step interval replaces the per-epoch checkpoint: `callbacks.checkpoint.every_n_train_steps=200` alone
       checkpoints every 200 steps (Lightning refuses every_n_train_steps together with every_n_epochs, which the
