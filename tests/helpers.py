@@ -49,22 +49,38 @@ class KillAtEpochStart:
 class SignalAtStep:
     """A Lightning callback (duck-typed) that sends `signal` (a name: SIGKILL, SIGTERM, SIGUSR2) to its own process
     when training step `step` ends: a real signal at a known point. With `once`, a marker file makes it fire once
-    (a requeued job runs the same callback again)."""
+    (a requeued job runs the same callback again). With `micro_batch`, it fires when that micro-batch (counted over
+    the whole run, from 0) ends instead, e.g. inside a gradient-accumulation window; with `val_batch`, when that
+    validation batch ends while the optimizer is at `step`."""
 
-    def __new__(cls, step: int, signal: str, once: str | None = None):  # noqa: D102 (built through Hydra's _target_)
+    def __new__(cls, step: int, signal: str, once: str | None = None, micro_batch: int | None = None,
+                val_batch: int | None = None):  # fmt: skip  # noqa: D102 (built through Hydra's _target_)
         import os
         import signal as signals
         from pathlib import Path
 
         import lightning as L
 
+        def fire() -> None:
+            if once:
+                if Path(once).exists():
+                    return
+                Path(once).touch()
+            os.kill(os.getpid(), getattr(signals, signal))
+
         class _Signal(L.Callback):
             def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-                if trainer.global_step != step or (once and Path(once).exists()):
+                if val_batch is not None:
                     return
-                if once:
-                    Path(once).touch()
-                os.kill(os.getpid(), getattr(signals, signal))
+                if micro_batch is None and trainer.global_step == step:
+                    fire()
+                elif micro_batch is not None and trainer.fit_loop.total_batch_idx == micro_batch:
+                    fire()
+
+            def on_validation_batch_end(self, trainer: L.Trainer, module: object, outputs: object, batch: object,
+                                        batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+                if val_batch == batch_idx and not trainer.sanity_checking and trainer.global_step == step:
+                    fire()
 
         return _Signal()
 

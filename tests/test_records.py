@@ -256,3 +256,41 @@ def test_the_hub_goes_offline_when_the_files_are_local(tmp_path: Path, monkeypat
         (repo / "refs" / "main").write_text("abc123")
         assert offline_if_cached(cfg) is True
     assert constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_a_long_override_list_names_a_folder_that_fits(cifar: Path) -> None:
+    """A multirun with 14 overrides (some 370 bytes of `k=v,...`): each job's folder name fits the file system (a
+    head of the overrides and a stable hash of all of them), the record and `.hydra/overrides.yaml` keep every
+    override, and a report tells the two jobs apart by their overrides."""
+    import hashlib
+
+    from onelora.record import MAX_DIRNAME, spell_bools
+    from onelora.report.aggregate import config_key, sweep_axes
+
+    settings = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                "trainer.gradient_clip_val=1.0", "trainer.num_sanity_val_steps=0", "trainer.check_val_every_n_epoch=1",
+                "trainer.enable_model_summary=false", "trainer.deterministic=false", "trainer.precision=32-true",
+                "task.optimizer.weight_decay=0.0", "callbacks.checkpoint.save_last=link",
+                "callbacks.checkpoint.save_top_k=1", "callbacks.checkpoint.every_n_epochs=1"]  # fmt: skip
+    logs = cifar / "logs"
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", "experiment=smoke_classification", "peft=onelora",
+                           *settings, "trainer.log_every_n_steps=1,2", f"paths.data_dir={cifar / 'data'}",
+                           f"paths.log_dir={logs}"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**ENV, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src")])})  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    records = sorted(logs.rglob("result.json"))
+    assert len(records) == 2
+    keys = set()
+    for path in records:
+        record, folder = json.loads(path.read_text()), path.parent
+        overrides = {spell_bools(o) for o in record["overrides"]}  # a multirun spells booleans `False`
+        every = [*settings, next(o for o in overrides if o.startswith("trainer.log_every_n_steps="))]
+        assert record["status"] == "ok" and set(every) <= overrides
+        saved = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+        assert set(every) <= {spell_bools(o) for o in saved}
+        full = ",".join(sorted(every))  # Hydra's override_dirname: the sorted `k=v` of the non-excluded keys
+        assert len(full) > 255 and len(folder.name.encode()) <= MAX_DIRNAME < 255
+        assert folder.name.endswith("~" + hashlib.sha1(full.encode()).hexdigest()[:12])
+        assert full.startswith(folder.name.split("~")[0])
+        keys.add(config_key(record["overrides"], sweep_axes()))
+    assert len(keys) == 2 and all("trainer.precision=32-true" in k for k in keys)  # two configurations, in full

@@ -11,6 +11,7 @@ directory is writable before Hydra writes into it, and counts a multirun's faile
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -198,10 +199,26 @@ def base_record(cfg: Any) -> dict[str, Any]:
 
 
 # --- run-folder names -----------------------------------------------------------------------------
+MAX_DIRNAME = 200  # bytes: under the 255 a file name may have (NAME_MAX); names that fit kept as they were
+
+
+def spell_bools(overrides: str) -> str:
+    """Booleans spelled one way: a multirun writes `True`/`False`, a single run the text as typed (`false`)."""
+    return re.sub(r"=(True|False)(?=,|$)", lambda m: "=" + m.group(1).lower(), overrides)
+
+
 def run_dirname(override_dirname: str) -> str:
-    """Hydra's `override_dirname` with booleans spelled one way: a multirun writes `True`/`False`, a single run
-    the text as typed (`false`); both become lower case, so one setting always names the same folder."""
-    return re.sub(r"=(True|False)(?=,|$)", lambda m: "=" + m.group(1).lower(), override_dirname)
+    """A run folder's name from Hydra's `override_dirname`: booleans spelled one way (`spell_bools`), so one setting
+    always names the same folder, and at most MAX_DIRNAME bytes. A longer name keeps its first overrides up to a
+    comma and ends in `~` and a hash of the whole (stable, so a rerun finds its folder); the record's `overrides`
+    and the folder's `.hydra/overrides.yaml` keep every override, and reports group runs by those."""
+    name = spell_bools(override_dirname)
+    if len(name.encode()) <= MAX_DIRNAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    head = name.encode()[: MAX_DIRNAME - len(digest) - 2].decode(errors="ignore")
+    head = head[: head.rfind(",") + 1] if "," in head else head  # cut at an override's end where there is one
+    return f"{head}~{digest}"
 
 
 def _register_resolvers() -> None:

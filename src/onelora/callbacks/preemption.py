@@ -3,6 +3,10 @@
 - SIGTERM (SLURM's preemption or time limit, `scancel`, a kill): Lightning stops at the next step,
   `RunCheckpoint` writes a checkpoint there, the record says `interrupted`, the process exits 143
   (128 + SIGTERM). Re-running the command resumes.
+- SIGTERM inside a gradient-accumulation window: Lightning would stop after the micro-batch, and the gradients
+  accumulated so far are in no checkpoint, so the resumed run would differ. `Preemption` holds the stop until the
+  window's last micro-batch has stepped (at most `accumulate_grad_batches - 1` more micro-batches: keep a window
+  shorter than the scheduler's grace time, SLURM's KillWait or submitit's `signal_delay_s`).
 - Under submitit (`hydra/launcher=slurm` or `local`), submitit alone owns the requeue signal (USR2 by
   default, `--signal` sent before the time limit): its handler would requeue and exit at once, in the middle
   of a step. `Preemption` defers it: the signal only asks Lightning to stop as for SIGTERM; once the checkpoint
@@ -47,12 +51,24 @@ def cluster_plugins() -> list[Any]:
 
 
 class Preemption(L.Callback):
-    """Defers submitit's requeue signal to a step boundary while fitting (module docstring)."""
+    """Defers submitit's requeue signal to a step boundary, and a stop to the end of the accumulation window
+    (module docstring)."""
 
     def __init__(self) -> None:
         self.signum = submitit_signal()
         self.received: int | None = None
         self._submitit_handler: Any = None
+        self._held = False  # a SIGTERM arrived inside an accumulation window: stop once it has stepped
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        connector = trainer._signal_connector  # Lightning raises SIGTERMException after this hook if it is set
+        inside = trainer.fit_loop._should_accumulate()  # this micro-batch did not step the optimizer
+        if connector.received_sigterm and inside:
+            if not self._held:
+                log.info("SIGTERM inside a gradient-accumulation window: stopping once it has stepped")
+            connector.received_sigterm, self._held = False, True
+        elif self._held and not inside:
+            connector.received_sigterm, self._held = True, False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.signum is not None and stage == "fit":

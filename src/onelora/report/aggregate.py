@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ..record import effective_status, run_dirname
+from ..record import effective_status, spell_bools
 from .manifest import PAPER_DIR, ROOT, Group, Manifest, metric_from
 
 RECORD = "result.json"
@@ -51,7 +51,7 @@ def config_key(overrides: Any, axes: frozenset[str] = frozenset()) -> str:
     for o in map(str, overrides):
         key = o.lstrip("+").split("=", 1)[0]
         if key not in axes and not key.startswith(("hydra.", "hydra/", "paths.")):
-            kept.add(run_dirname(o.lstrip("+")))  # a multirun records `False` where a single run has `false`
+            kept.add(spell_bools(o.lstrip("+")))  # a multirun records `False` where a single run has `false`
     return " ".join(sorted(kept))
 
 

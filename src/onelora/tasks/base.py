@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+import torchmetrics
 from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
 
 
 class DivergedError(RuntimeError):
@@ -47,6 +50,9 @@ class PeftTask(L.LightningModule):
         self.final_eval_metrics: dict[str, float] = {}
         # checkpoints hold only what trains: frozen weights come from the pretrained source
         self.strict_loading = False
+        # the validation loss as sums over all processes (`validation_step`); a batch's real samples (`kept`)
+        self.val_loss_sum, self.val_loss_count = torchmetrics.SumMetric(), torchmetrics.SumMetric()
+        self._keep: Tensor | None = None
 
     # --- what a task provides -------------------------------------------------------------
     def training_loss(self, batch: Any) -> Tensor:
@@ -78,13 +84,39 @@ class PeftTask(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        loss = self.validation_update(batch)
-        if loss is not None:
-            self.log("val/loss", loss.detach(), on_epoch=True, sync_dist=True, batch_size=_batch_size(batch))
+        n = _batch_size(batch)
+        self._keep = self._repeated_samples_mask(batch_idx, n)
+        loss = self.validation_update(batch)  # the forward runs on every sample: sharded models all-gather in it
+        kept = n if self._keep is None else int(self._keep.sum())
+        if loss is not None and kept:  # the mean over the batch's kept samples, weighted by their number
+            self.val_loss_sum.update(loss.detach().float() * kept)
+            self.val_loss_count.update(float(kept))
+
+    def kept(self, x: Tensor) -> Tensor:
+        """`x` (one row per sample of the validation batch) without the samples that fill the last processes.
+
+        Under DDP, Lightning's DistributedSampler repeats the first samples so every process gets as many batches;
+        counted, they would weigh twice in every metric. Their forward still runs (a sharded model all-gathers its
+        weights in it, so every process must take part), but the metrics see each sample once.
+        """
+        return x if self._keep is None else x[self._keep.to(x.device)]
+
+    def _repeated_samples_mask(self, batch_idx: int, n: int | None) -> Tensor | None:
+        """True for the batch's real samples, False for a DistributedSampler's repeats; None when there are none."""
+        loader = self.trainer.val_dataloaders if self._trainer is not None else None
+        sampler = getattr(loader, "sampler", None)
+        if n is None or not isinstance(sampler, DistributedSampler) or sampler.drop_last or sampler.num_replicas == 1:
+            return None
+        # the sampler's list is the data set's indices then the repeats; this process takes every num_replicas-th
+        start = batch_idx * int(loader.batch_size)
+        position = sampler.rank + sampler.num_replicas * torch.arange(start, start + n)
+        keep = position < len(sampler.dataset)
+        return None if bool(keep.all()) else keep
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self.compute_metrics()
+            self._val_loss()
             return
         metrics = {k: float(v) for k, v in self.compute_metrics().items()}
         if self.in_final_eval:  # neither the best-so-far nor the last validation: the training's numbers stay
@@ -99,8 +131,19 @@ class PeftTask(L.LightningModule):
             self.log(f"val/{k}", v, sync_dist=False)
         if self.best is not None:
             self.log(f"val/{self.metric_name}_best", self.best, prog_bar=True)
-        loss = self.trainer.callback_metrics.get("val/loss")
-        self.final_metrics = {**metrics, **({"loss": float(loss)} if loss is not None else {})}
+        loss = self._val_loss()
+        if loss is not None:
+            self.log("val/loss", loss, sync_dist=False)
+        self.final_metrics = {**metrics, **({"loss": loss} if loss is not None else {})}
+
+    def _val_loss(self) -> float | None:
+        """The validation loss, sample-weighted over all processes (each sample once); None if no task returned one."""
+        with warnings.catch_warnings():  # a task without a loss never updates them: no news
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
+            total, count = float(self.val_loss_sum.compute()), float(self.val_loss_count.compute())
+        self.val_loss_sum.reset()
+        self.val_loss_count.reset()
+        return total / count if count else None
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.metric_direction == "min" else a > b
@@ -129,6 +172,9 @@ class PeftTask(L.LightningModule):
         sched = build_scheduler(optimizer, self.scheduler_cfg, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        reapply_loader_position(self.trainer)
+
     # --- checkpoints: trainable tensors, best-so-far and RNG state only ---------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
@@ -143,6 +189,23 @@ class PeftTask(L.LightningModule):
         self.final_metrics = dict(state.get("metrics") or {})
         if "rng" in state:
             set_rng_state(state["rng"])
+
+
+def reapply_loader_position(trainer: L.Trainer) -> None:
+    """Resume the training loader where the checkpoint left it, even if it was set up before the restore.
+
+    `trainer.estimated_stepping_batches` (the schedulers' length, in `configure_optimizers`) sets up the train
+    loader before Lightning restores the checkpoint's loops; the loader's saved position then waits unused and the
+    epoch starts again from its first batch (Lightning#20550). Set the loader up again now that the position is
+    known: the same batches as an uninterrupted run.
+    """
+    loop = trainer.fit_loop
+    if not (loop.restarting and loop._combined_loader_states_to_load and loop._combined_loader is not None):
+        return
+    if loop._data_fetcher is not None:  # it already drew (prefetched) the epoch's first batch
+        loop._data_fetcher.teardown()
+    loop._combined_loader = None
+    loop.setup_data()  # requests the loader again and applies the pending position before iterating
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], total_steps: int) -> Any:

@@ -37,7 +37,7 @@ class ClassificationTask(PeftTask):
 
     def validation_update(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         images, labels = batch
-        logits = self.logits(images).float()
+        logits, labels = self.kept(self.logits(images).float()), self.kept(labels)  # each sample once under DDP
         self.accuracy.update(logits, labels)
         self.ece.update(logits.softmax(-1), labels)
         losses = F.cross_entropy(logits, labels, reduction="none")

@@ -133,7 +133,9 @@ class DepthTask(PeftTask):
     def validation_update(self, batch: dict[str, Any]) -> None:
         images = batch["image"]
         pred = flip_average(self, images) if self.flip_eval else self(images)
-        self.depth_metrics.update(pred.float(), batch["depth"])
+        pred, depth = self.kept(pred.float()), self.kept(batch["depth"])  # each image once under DDP
+        if len(pred):
+            self.depth_metrics.update(pred, depth)
         return None
 
     def compute_metrics(self) -> dict[str, float]:

@@ -241,7 +241,9 @@ class GenerationTask(PeftTask):
     # --- evaluation: real features once, then N generated samples per evaluation ------------------
     def validation_update(self, batch: Mapping[str, Tensor]) -> None:
         if not self._real_done:  # in the sanity check too (it tests the feature extractor), dropped after it
-            self.fid_update(to_uint8(batch["image"]), real=True)
+            real = self.kept(batch["image"])  # each image once under DDP
+            if len(real):
+                self.fid_update(to_uint8(real), real=True)
             self._real_updated = True
         return None
 
@@ -303,7 +305,8 @@ class GenerationTask(PeftTask):
                 self.fid_update(images, real=False)
                 if rank == 0 and sum(len(g) for g in grid) < int(self.grid_cfg["size"]):
                     grid.append(images.cpu())
-        n_real = int(self.fid.real_features_num_samples) * world
+        counted = self.fid.real_features_num_samples.detach().clone().double()
+        n_real = int(self.trainer.strategy.reduce(counted, reduce_op="sum"))  # every process's images, each once
         dim = int(self.fid.real_features_sum.numel())
         if n_real < dim:
             warnings.warn(

@@ -60,7 +60,9 @@ class MathTask(PeftTask):
     def validation_update(self, batch: dict[str, Tensor]) -> Tensor:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits = out.logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
+        labels = batch["labels"][:, 1:].clone()
+        if self._keep is not None:  # a DistributedSampler's repeats: their tokens count nowhere
+            labels[~self._keep.to(labels.device)] = -100
         total = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
         )
