@@ -168,7 +168,7 @@ def test_training_step_costs_bitfit_plus_four_ops_per_layer(shape: tuple[int, ..
         torch.manual_seed(0)
         model = apply_peft(nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256)), method, exclude_modules=[])
 
-        def step() -> None:
+        def step(model: nn.Module = model) -> None:
             model.zero_grad(set_to_none=True)
             x.grad = None
             model(x).sum().backward()
