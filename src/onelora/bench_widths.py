@@ -141,20 +141,28 @@ def sweep_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     markers = {"paper": "o", "llama": "s"}
     for ax, (key, label) in zip(axes, panels):
         for i, (impl, method, name) in enumerate(SERIES):
-            color = f"C{i}"
+            color, style = f"C{i}", "--" if impl == "hf_peft" else "-"  # dashed: HF peft (overlaps ours where equal)
             pts = [r for r in rows if r["impl"] == impl and r["method"] == method]
             line = sorted((r["width"], r[key]) for r in pts if r["group"] == "llama" or r["block"] == "LLaMA-2-7B")
             if line:
-                ax.plot(*zip(*line), color=color, label=name, lw=1.5)
+                ax.plot(*zip(*line), color=color, ls=style, label=name, lw=1.5)
             for r in pts:
                 ax.scatter(r["width"], r[key], color=color, marker=markers[r["group"]], s=28, zorder=3)
+        if key == "step_ratio_bitfit":
+            for r in rows:
+                if r["group"] == "paper" and r["impl"] == "onelora" and r["method"] == "onelora":
+                    ax.annotate(
+                        r["block"], (r["width"], r[key]), fontsize=7, xytext=(3, -10), textcoords="offset points"
+                    )
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("hidden width (lines: Llama block, 512 tokens; dots: one block of each paper model)")
+        ax.set_xlabel("hidden width")
         ax.set_ylabel(label)
         if key != "ops_above_bitfit":
-            ax.axhline(1.0, color="0.6", lw=0.8, ls="--")
+            ax.axhline(1.0, color="0.6", lw=0.8, ls=":")
     axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(
+        f"{title}\nlines and squares: a Llama block, 512 tokens; dots: one block of each paper model", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
