@@ -20,7 +20,6 @@ import logging
 import os
 import platform
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -134,8 +133,6 @@ def _main(argv: list[str] | None) -> int:
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: at least 1 (the README's tables use 5)")
     _check_device(args.device)
-    # HF peft asks transformers' deprecated `is_gradient_checkpointing`: not the user's concern
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     # bitsandbytes (imported by HF peft and the qlora case) notes on import an optional CPU kernel it lacks
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     out = Path(args.out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_bad_values_are_one_line_naming_the_choices(args: list[str], valid: str,
     assert "Traceback" not in out + err and not list(tmp_path.iterdir())  # nothing measured, nothing written
 
 
-def test_width_sweep_counts_four_ops_and_one_scalar_per_token_and_layer(tmp_path: Path, capsys) -> None:
+def test_width_sweep_counts_four_ops_and_one_scalar_per_token_and_layer(tmp_path: Path) -> None:
     """A Llama block has 7 adapted linears: 1LoRA over BitFit is 4 ops per layer (the floor: the forward's sum and
     multiply-add, the backward's g b and gᵀs) and one fp32 scalar per token and layer, 7 x 512 x 4 bytes."""
     args = ["--models", "widths", "--blocks", "", "--widths", "64", "--repeats", "1", "--peers", "lora,miss",
@@ -79,7 +80,17 @@ def test_width_sweep_counts_four_ops_and_one_scalar_per_token_and_layer(tmp_path
     assert int(one["ops"]) < int(rows["hf_peft", "miss"]["ops"]) < int(rows["hf_peft", "lora"]["ops"])
     assert (tmp_path / "widths.png").stat().st_size > 0
     assert "| Llama block h64 | 64 | 512 |" in (tmp_path / "widths.md").read_text()
-    assert "FutureWarning" not in "".join(capsys.readouterr())
+
+
+def test_hf_peers_build_without_warnings() -> None:
+    """HF peft asks transformers' deprecated `is_gradient_checkpointing` (a FutureWarning on the bench's screen)."""
+    from onelora.bench import hf_peft, llama_stack
+
+    for method in ("lora", "miss"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hf_peft(llama_stack(64, 1, 1, 16).build(), method)
+        assert not [str(w.message) for w in caught]
 
 
 def test_step_clock_times_cuda_steps_with_events(monkeypatch) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,9 @@ def hf_peft(model: nn.Module, method: str) -> nn.Module:
         config = peft.MissConfig(r=1, target_modules=targets)
     else:
         raise ValueError(f"no HF peft peer for {method!r}")
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers' deprecated `is_gradient_checkpointing`: not ours to say
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return peft.get_peft_model(model, config)
 
 
 @dataclass
