@@ -135,6 +135,11 @@ def _main(argv: list[str] | None) -> int:
     _check_device(args.device)
     # bitsandbytes (imported by HF peft and the qlora case) notes on import an optional CPU kernel it lacks
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if "widths" in models and "dit_xl2" in blocks:
+        from diffusers.utils import logging as diffusers_logging
+
+        # diffusers warns on `.to(dtype)` of a DiT built from a config that no module asks for fp32 (an empty list)
+        diffusers_logging.set_verbosity_error()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine(args.device)}")
