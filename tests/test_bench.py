@@ -150,3 +150,18 @@ def test_compile_fullgraph_no_break_same_gradients(model: str) -> None:
     layers = 2 * (7 if model == "llama" else 6)  # every linear of the two blocks
     assert grads[0].keys() == grads[1].keys() and sum(n.endswith("adapter.b") for n in grads[0]) == layers
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
+@pytest.mark.slow
+def test_compiled_rows_time_the_compiled_model() -> None:
+    """`--compile`: a row per method under torch.compile(fullgraph=True), timed, its ops and saved bytes left out
+    (inductor's kernels are no aten ops); `aot_eager` here, inductor's C++ build takes minutes on this CPU."""
+    from onelora.bench import llama_stack, markdown_table, run_benchmark
+
+    rows = run_benchmark(llama_stack(32, 1, 2, 16), ["bitfit", "onelora"], [], repeats=1, compiled=["onelora"],
+                         estimate=False, infer=False, compile_backend="aot_eager")  # fmt: skip
+    by = {(r["impl"], r["method"]): r for r in rows}
+    row = by["onelora+compile", "onelora"]
+    assert row["step_ms"] > 0 and row["ops"] is None and row["saved_ratio_bitfit"] is None
+    assert by["onelora", "onelora"]["ops"] > by["onelora", "bitfit"]["ops"]
+    assert "| onelora+compile | onelora |" in markdown_table(rows)

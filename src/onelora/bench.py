@@ -177,6 +177,7 @@ def run_benchmark(
     compiled: list[str] = (),
     estimate: bool = True,
     infer: bool = True,
+    compile_backend: str = "inductor",
 ) -> list[dict[str, Any]]:
     """`compiled`: methods of ours timed again under `torch.compile(fullgraph=True)` (impl "onelora+compile");
     `estimate`: the dry run's saved-activation estimate beside the measurement; `infer`: merged-model inference."""
@@ -212,7 +213,9 @@ def run_benchmark(
             row.est_saved_bytes = saved_activations(meta, meta_inputs, device_type=dev.type)["total"]
         row.state_bytes = state_bytes(row.model)
     optimizers = {id(r): torch.optim.AdamW([p for p in r.model.parameters() if p.requires_grad], lr=1e-6) for r in rows}
-    forwards = {id(r): torch.compile(r.model, fullgraph=True) if r.compiled else r.model for r in rows}
+    forwards = {
+        id(r): torch.compile(r.model, fullgraph=True, backend=compile_backend) if r.compiled else r.model for r in rows
+    }
 
     def forward_backward(r: Row) -> None:
         spec.loss(forwards[id(r)](**inputs)).backward()
