@@ -41,8 +41,12 @@ lint: $(STAMP)
 	.venv/bin/ruff check src tests scripts run.py
 	.venv/bin/ruff format --check src tests scripts run.py
 
+# The cost of every method against BitFit: the two stacks, the 4-bit Llama and the width sweep at the paper's block
+# shapes (results/bench/). On a GPU: make bench DEVICE=cuda DTYPE=bfloat16 (CUDA-event timing, peak memory).
+DEVICE  ?= cpu
+DTYPE   ?= float32
 bench: $(STAMP)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --device $(DEVICE) --dtype $(DTYPE)
 
 # The paper's time and memory columns of a table, measured on random weights at full size (a GPU; see README
 # "Costs"): make costs EXP=fig4 [ARGS="--steps 20 --methods onelora,lora"]. Writes results/costs/$(EXP).{csv,md,png}.

@@ -10,12 +10,13 @@ from onelora.peft import apply_peft
 from onelora.peft.onelora import OneLoRAFunction, onelora_reference, use_merged_weight
 
 
-def _grads(fn, x, w, bias, b):
+def _grads(fn, x, w, bias, b, g=None):
     x = x.detach().clone().requires_grad_(True)
     b = b.detach().clone().requires_grad_(True)
     bias = None if bias is None else bias.detach().clone().requires_grad_(True)
     y = fn(x, w, bias, b)
-    g = torch.randn_like(y, dtype=torch.float32, generator=torch.Generator().manual_seed(1)).to(y.dtype)
+    if g is None:
+        g = torch.randn_like(y, dtype=torch.float32, generator=torch.Generator().manual_seed(1)).to(y.dtype)
     y.backward(g)
     return y, x.grad, b.grad, None if bias is None else bias.grad
 
@@ -130,3 +131,49 @@ def test_gamma_scale_keeps_output_and_equals_plain_product(dtype: torch.dtype) -
         grads.append((out.detach(), y.grad, gamma.grad))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("merged", [False, True])
+@pytest.mark.parametrize("shape", [(6, 16), (2, 3, 16)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fast_path_is_the_listing_bit_for_bit(merged: bool, shape: tuple[int, ...], with_bias: bool) -> None:
+    """Small integers make every sum and product exact in fp32, so any evaluation of the same math gives the same
+    bits: output and every gradient of both forms equal the paper's listing in autograd, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+
+    def ints(*size: int) -> torch.Tensor:
+        return torch.randint(-3, 4, size, generator=gen).float()
+
+    x, w, b = ints(*shape), ints(8, 16), ints(8)
+    bias = ints(8) if with_bias else None
+    g = ints(*shape[:-1], 8)
+    fast = _grads(lambda *a: OneLoRAFunction.apply(*a, merged), x, w, bias, b, g)
+    ref = _grads(onelora_reference, x, w, bias, b, g)
+    assert fast[0].abs().max() > 0 and fast[1].abs().max() > 0  # the comparison is not of zeros
+    for f, r in zip(fast, ref):
+        assert (f is None and r is None) or torch.equal(f, r)
+
+
+@pytest.mark.parametrize("shape,merged", [((64, 256), False), ((2, 32, 256), False), ((2, 300, 256), True)])
+def test_training_step_costs_bitfit_plus_four_ops_per_layer(shape: tuple[int, ...], merged: bool) -> None:
+    """The kernel count, which a GPU pays per op at any width: forward + backward of two adapted layers (input
+    gradient included), counted by the profiler. The floor is the forward's sum and multiply-add and the
+    backward's gᵀs and g b; a no-op cast or an extra pass over an activation adds ops and fails here."""
+    from onelora.opcount import top_level_ops
+
+    x = torch.randn(*shape, requires_grad=True)
+    assert use_merged_weight(x, torch.zeros(256, 256), torch.zeros(256)) is merged
+    counts = {}
+    for method in ("bitfit", "onelora", "lora"):
+        torch.manual_seed(0)
+        model = apply_peft(nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256)), method, exclude_modules=[])
+
+        def step(model: nn.Module = model) -> None:
+            model.zero_grad(set_to_none=True)
+            x.grad = None
+            model(x).sum().backward()
+
+        step()  # first-call set-up stays out of the count
+        counts[method] = sum(top_level_ops(step).values())
+    assert counts["onelora"] <= counts["bitfit"] + 2 * 4, counts
+    assert counts["onelora"] < counts["lora"], counts

@@ -3,10 +3,12 @@
 For each (impl, method) on a block stack (a `transformers` ViT or Llama built from a config):
 - `step_ms`: median wall-clock of forward + backward + AdamW step, over repeats interleaved across methods
   (so drift of the machine hits all methods alike);
-- `saved_bytes`: activations autograd keeps for backward, each storage counted once (q, k and v share their
-  input), parameters and buffers excluded (`torch.autograd.graph.saved_tensors_hooks`);
+- `saved_bytes`: activations autograd keeps for backward in the model's forward, each storage counted once (q, k
+  and v share their input), parameters and buffers excluded (the costs package's `SavedBytes`, the one meter);
+- `ops`: top-level aten ops of one training step (forward + backward; `onelora.opcount`): on a GPU each is at
+  least one kernel launch, whatever the width;
 - `state_bytes`: parameters (all) + gradients and AdamW's two moments (trainable ones);
-- `peak_mem_bytes`: peak allocated accelerator memory of one step (GPU only);
+- `peak_mem_bytes`: peak allocated accelerator memory of one step (GPU only; step times there are CUDA events);
 - `infer_ms`: forward time of the merged model (plain layers again), next to the base model's;
 - ratios of step time and saved bytes to BitFit's.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .costs.meters import SavedBytes
 from .memory import saved_activations
+from .opcount import top_level_ops
 from .peft import apply_peft, merge_peft
 
 OURS = ["bitfit", "onelora", "lora", "dora", "vera", "mora1", "mora6", "difffit", "full"]
@@ -100,7 +105,9 @@ def hf_peft(model: nn.Module, method: str) -> nn.Module:
         config = peft.MissConfig(r=1, target_modules=targets)
     else:
         raise ValueError(f"no HF peft peer for {method!r}")
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers' deprecated `is_gradient_checkpointing`: not ours to say
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return peft.get_peft_model(model, config)
 
 
 @dataclass
@@ -114,24 +121,36 @@ class Row:
     state_bytes: int = 0
     peak_mem_bytes: int | None = None
     infer_ms: float | None = None
-    est_saved_bytes: int = 0
+    est_saved_bytes: int | None = None
+    ops: int | None = None
+    compiled: bool = False
 
 
 def saved_activation_bytes(step: Callable[[], Tensor], model: nn.Module) -> int:
-    """Bytes autograd saves during `step()`'s forward, one count per storage, parameters and buffers excluded."""
-    exclude = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in exclude:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    """Bytes autograd saves in `model`'s forward during `step()` (the costs package's meter), then backward."""
+    with SavedBytes(model) as meter:
         loss = step()
     loss.backward()
-    return sum(seen.values())
+    return meter.nbytes
+
+
+class StepClock:
+    """Seconds of `fn()`: CUDA events on a GPU (the device's time, queued kernels included), else perf_counter."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -140,9 +159,10 @@ def state_bytes(model: nn.Module) -> int:
     return total + 3 * trainable  # + gradients + AdamW's exp_avg and exp_avg_sq (same dtype as the parameter)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def shared_weights(model: nn.Module) -> dict[int, Any]:
+    """A deepcopy memo that keeps the linear layers' weights shared: every method freezes them, and at LLaMA-2-13B
+    width one copy per method would not fit a laptop."""
+    return {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}
 
 
 def run_benchmark(
@@ -154,20 +174,30 @@ def run_benchmark(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    compiled: list[str] = (),
+    estimate: bool = True,
+    infer: bool = True,
+    compile_backend: str = "inductor",
 ) -> list[dict[str, Any]]:
+    """`compiled`: methods of ours timed again under `torch.compile(fullgraph=True)` (impl "onelora+compile");
+    `estimate`: the dry run's saved-activation estimate beside the measurement; `infer`: merged-model inference."""
     dev = torch.device(device)
     torch.manual_seed(seed)
     base = spec.build().to(dev, dtype)
     rows: list[Row] = []
     for method in ours:
-        rows.append(Row("onelora", method, apply_peft(copy.deepcopy(base), method, seed=seed)))
+        rows.append(Row("onelora", method, apply_peft(copy.deepcopy(base, shared_weights(base)), method, seed=seed)))
+    for method in compiled:
+        model = apply_peft(copy.deepcopy(base, shared_weights(base)), method, seed=seed)
+        rows.append(Row("onelora+compile", method, model, compiled=True))
     for method in peers:
         try:
-            rows.append(Row("hf_peft", method, hf_peft(copy.deepcopy(base), method)))
+            rows.append(Row("hf_peft", method, hf_peft(copy.deepcopy(base, shared_weights(base)), method)))
         except ImportError:
             log("HF peft is not installed: peers skipped")
             break
     inputs = spec.inputs(dev, dtype)
+    clock = StepClock(dev)
     for row in rows:
         row.model.train()
         row.trainable = sum(p.numel() for p in row.model.parameters() if p.requires_grad)
@@ -177,83 +207,98 @@ def run_benchmark(
                 for p in row.model.parameters():
                     if p.requires_grad:
                         p.add_(torch.randn_like(p) * 1e-3)
-        row.saved_bytes = saved_activation_bytes(lambda r=row: spec.loss(r.model(**inputs)), row.model)
-        row.model.zero_grad(set_to_none=True)
-        # the dry run's estimate of the same quantity, traced on the meta device (no data, no weights)
-        meta_inputs = {k: v.to("meta") for k, v in inputs.items()}
-        row.est_saved_bytes = saved_activations(copy.deepcopy(row.model).to("meta"), meta_inputs, device_type=dev.type)[
-            "total"
-        ]
+        if estimate and not row.compiled:  # the dry run's estimate, traced on the meta device (no data, no weights)
+            meta_inputs = {k: v.to("meta") for k, v in inputs.items()}
+            meta = copy.deepcopy(row.model).to("meta")
+            row.est_saved_bytes = saved_activations(meta, meta_inputs, device_type=dev.type)["total"]
         row.state_bytes = state_bytes(row.model)
     optimizers = {id(r): torch.optim.AdamW([p for p in r.model.parameters() if p.requires_grad], lr=1e-6) for r in rows}
+    forwards = {
+        id(r): torch.compile(r.model, fullgraph=True, backend=compile_backend) if r.compiled else r.model for r in rows
+    }
 
-    def step(r: Row) -> float:
-        opt = optimizers[id(r)]
-        _sync(dev)
-        t0 = time.perf_counter()
-        spec.loss(r.model(**inputs)).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(dev)
-        return time.perf_counter() - t0
+    def forward_backward(r: Row) -> None:
+        spec.loss(forwards[id(r)](**inputs)).backward()
 
-    for r in rows:  # warm-up, and the peak memory of one step
+    def step(r: Row) -> None:
+        forward_backward(r)
+        optimizers[id(r)].step()
+        optimizers[id(r)].zero_grad(set_to_none=True)
+
+    # The warm-up step (it allocates AdamW's state, and compiles) is the measured one: the ops of its forward and
+    # backward, the activations its forward saves, its peak memory. One step less per method at 13B width.
+    for r in rows:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        step(r)
+        if r.compiled:  # inductor's kernels are no aten ops, and the meter's hooks would break the graph
+            forward_backward(r)
+        else:
+            with SavedBytes(r.model) as meter:
+                r.ops = sum(top_level_ops(lambda r=r: forward_backward(r)).values())
+            r.saved_bytes = meter.nbytes
+        optimizers[id(r)].step()
+        optimizers[id(r)].zero_grad(set_to_none=True)
         if dev.type == "cuda":
             r.peak_mem_bytes = torch.cuda.max_memory_allocated(dev)
     for i in range(repeats):
         order = rows if i % 2 == 0 else rows[::-1]  # interleaved, alternating direction
         for r in order:
-            r.step_s.append(step(r))
-    base_infer = _infer_ms(base, inputs, dev, repeats)
+            r.step_s.append(clock(lambda r=r: step(r)))
+    base_infer = _infer_ms(base, inputs, clock, repeats) if infer else None
     for r in rows:
-        merged = (
-            merge_peft(copy.deepcopy(r.model)) if r.impl == "onelora" else copy.deepcopy(r.model).merge_and_unload()
-        )
-        r.infer_ms = _infer_ms(merged, inputs, dev, repeats)
+        if infer and not r.compiled:
+            merged = (
+                merge_peft(copy.deepcopy(r.model)) if r.impl == "onelora" else copy.deepcopy(r.model).merge_and_unload()
+            )
+            r.infer_ms = _infer_ms(merged, inputs, clock, repeats)
     bitfit = next(r for r in rows if r.impl == "onelora" and r.method == "bitfit")
     bit_step = statistics.median(bitfit.step_s)
     out = []
     for r in rows:
         step_med = statistics.median(r.step_s)
+        est = r.est_saved_bytes
         out.append({
             "model": spec.name, "impl": r.impl, "method": r.method, "device": str(dev), "dtype": str(dtype).split(".")[-1],
             "trainable_params": r.trainable, "step_ms": 1e3 * step_med, "saved_bytes": r.saved_bytes,
-            "state_bytes": r.state_bytes, "peak_mem_bytes": r.peak_mem_bytes, "est_saved_bytes": r.est_saved_bytes,
-            "est_error": r.est_saved_bytes / max(r.saved_bytes, 1) - 1,
-            "step_ratio_bitfit": step_med / bit_step, "saved_ratio_bitfit": r.saved_bytes / max(bitfit.saved_bytes, 1),
-            "infer_ms": r.infer_ms, "infer_ratio_base": r.infer_ms / base_infer, "repeats": repeats,
+            "state_bytes": r.state_bytes, "peak_mem_bytes": r.peak_mem_bytes, "est_saved_bytes": est,
+            "est_error": None if est is None else est / max(r.saved_bytes, 1) - 1, "ops": r.ops,
+            "ops_above_bitfit": None if r.ops is None else r.ops - bitfit.ops,
+            "step_ratio_bitfit": step_med / bit_step,
+            "saved_ratio_bitfit": None if r.compiled else r.saved_bytes / max(bitfit.saved_bytes, 1),
+            "infer_ms": r.infer_ms,
+            "infer_ratio_base": None if r.infer_ms is None else r.infer_ms / base_infer, "repeats": repeats,
         })  # fmt: skip
     return out
 
 
 @torch.no_grad()
-def _infer_ms(model: nn.Module, inputs: dict[str, Tensor], dev: torch.device, repeats: int) -> float:
+def _infer_ms(model: nn.Module, inputs: dict[str, Tensor], clock: StepClock, repeats: int) -> float:
     model.eval()
     model(**inputs)
-    times = []
-    for _ in range(repeats):
-        _sync(dev)
-        t0 = time.perf_counter()
-        model(**inputs)
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * statistics.median(clock(lambda: model(**inputs)) for _ in range(repeats))
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| impl | method | step [ms] | ×BitFit | saved act. [MiB] | ×BitFit | dry-run estimate (error) | "
+    head = ("| impl | method | step [ms] | ×BitFit | ops | +ops | saved act. [MiB] | ×BitFit | dry-run estimate (error) | "
             "state [MiB] | peak [MiB] | merged infer ×base |")  # fmt: skip
-    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        peak = "–" if r["peak_mem_bytes"] is None else f"{r['peak_mem_bytes'] / 2**20:.1f}"
+        mib = None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20
+        est = (
+            "–"
+            if r["est_saved_bytes"] is None
+            else f"{r['est_saved_bytes'] / 2**20:.1f} ({100 * r['est_error']:+.1f}%)"
+        )
+        saved = None if r["saved_ratio_bitfit"] is None else r["saved_bytes"] / 2**20
         lines.append(
             f"| {r['impl']} | {r['method']} | {r['step_ms']:.1f} | {r['step_ratio_bitfit']:.3f} | "
-            f"{r['saved_bytes'] / 2**20:.1f} | {r['saved_ratio_bitfit']:.3f} | "
-            f"{r['est_saved_bytes'] / 2**20:.1f} ({100 * r['est_error']:+.1f}%) | {r['state_bytes'] / 2**20:.1f} | {peak} | "
-            f"{r['infer_ratio_base']:.2f} |"
+            f"{_num(r['ops'], 'd')} | {_num(r['ops_above_bitfit'], '+d')} | {_num(saved, '.1f')} | "
+            f"{_num(r['saved_ratio_bitfit'], '.3f')} | {est} | {r['state_bytes'] / 2**20:.1f} | {_num(mib, '.1f')} | "
+            f"{_num(r['infer_ratio_base'], '.2f')} |"
         )
     return "\n".join(lines)
 

@@ -30,9 +30,16 @@ def onelora_reference(x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor)
 
 def _matvec_t(g: Tensor, s: Tensor, dtype: torch.dtype) -> Tensor:
     """gᵀ s accumulated in `dtype` (fp32): no fp32 copy of g where the backend can widen the output."""
+    if g.dtype == dtype:
+        return torch.mv(g.t(), s)
     if g.is_cuda and g.dtype in (torch.bfloat16, torch.float16):
-        return torch.mm(g.T, s.to(g.dtype)[:, None], out_dtype=dtype)[:, 0]
-    return g.T.to(dtype) @ s
+        return torch.mm(g.t(), s.to(g.dtype)[:, None], out_dtype=dtype)[:, 0]
+    return torch.mv(g.t().to(dtype), s)
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """`t.to(dtype)` without dispatching an op where it would do nothing (each op is a kernel launch on a GPU)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def use_merged_weight(x: Tensor, weight: Tensor, b: Tensor) -> bool:
@@ -68,32 +75,37 @@ class OneLoRAFunction(torch.autograd.Function):
         ctx, x: Tensor, weight: Tensor, bias: Tensor | None, b: Tensor, merged: bool | None = None
     ) -> Tensor:
         """`merged`: force a form (the layer benchmark compares them); None chooses by `use_merged_weight`."""
-        s = x.sum(-1, keepdim=True, dtype=b.dtype)
         ctx.merged = use_merged_weight(x, weight, b) if merged is None else merged
-        if ctx.merged:
-            y = F.linear(x, weight + b[:, None], bias)
+        if ctx.merged:  # b as a column (a view of the parameter, saved as such: backward needs no second view)
+            s = x.sum(-1, dtype=b.dtype)
+            b = b[:, None]
+            y = F.linear(x, weight + b, bias)
+            s = s if s.dim() == 1 else s.reshape(-1)
         else:
+            s = x.sum(-1, keepdim=True, dtype=b.dtype)
             y = F.linear(x, weight, bias).addcmul_(s, b)  # in the wider dtype of s and b, rounded once into y
+            s = s.view(-1)
         ctx.save_for_backward(weight, b, s)
-        ctx.x_dtype = x.dtype
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         return y
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, None, Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        # Every op here is a kernel launch on a GPU, so none is spent on casts or reshapes that do nothing:
+        # a training step costs BitFit's ops plus 4 per layer (tests/test_onelora_fast.py counts them).
         weight, b, s = ctx.saved_tensors
         grad_x = grad_bias = grad_b = None
+        g2 = g if g.dim() == 2 else g.reshape(-1, g.shape[-1])
         if ctx.needs_input_grad[0]:
             if ctx.merged:
-                grad_x = g @ (weight + b[:, None])
-            else:
-                grad_x = g @ weight.to(g.dtype)
-                grad_x += (g @ b.to(g.dtype)).unsqueeze(-1)
-            grad_x = grad_x.to(ctx.x_dtype)
-        g2 = g.reshape(-1, g.shape[-1])
+                grad_x = g2.mm(weight + b)
+            else:  # the rank-1 term (g b) 1ᵀ is the GEMM's broadcast input: one pass over grad_x, not two
+                grad_x = torch.addmm(torch.mv(g2, _cast(b, g.dtype))[:, None], g2, _cast(weight, g.dtype))
+            grad_x = _cast(grad_x if g.dim() == 2 else grad_x.view(ctx.x_shape), ctx.x_dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = g2.sum(0)
         if ctx.needs_input_grad[3]:
-            grad_b = _matvec_t(g2, s.reshape(-1), b.dtype)
+            grad_b = _matvec_t(g2, s, b.dtype)
         return grad_x, None, grad_bias, grad_b, None
 
 
