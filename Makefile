@@ -7,10 +7,11 @@ export PYTHONHASHSEED := 0
 
 .PHONY: install demo mini readme-tables test lint bench costs report sweep paper-figures clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-real.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-real.txt
 	touch $(STAMP)
 
 install: $(STAMP)
