@@ -31,11 +31,12 @@ TOKENS = 16  # real sentences: the first 16 tokens of those that have as many
 def sentence_ids(cfg, n: int):  # noqa: ANN001, ANN201
     """(n, TOKENS) token ids of the first test-split movie sentences with at least TOKENS tokens."""
     import torch
+    from transformers import AutoTokenizer
 
-    from onelora.data.metamath import load_tokenizer
     from onelora.data.movies import split
+    from onelora.models.packaged import resolve
 
-    tok = load_tokenizer(cfg.model.tokenizer)
+    tok = AutoTokenizer.from_pretrained(str(resolve(cfg.model.tokenizer)))
     rows = []
     for text, _ in split(cfg.paths.data_dir, "test"):
         ids = tok(text)["input_ids"]
