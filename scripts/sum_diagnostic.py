@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ONELORA_ROOT", str(ROOT))
 
-MODELS = "vit_digits,llama_tiny,depth_anything_tiny,minilm_l6,smollm2_135m"
+MODELS = "vit_digits,llama_tiny,depth_anything_tiny"  # the real ones: --models minilm_l6,smollm2_135m
 TOKENS = 16  # real sentences: the first 16 tokens of those that have as many
 
 
