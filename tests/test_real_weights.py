@@ -292,3 +292,17 @@ def test_one_seeded_instruction_step_on_smollm2(tmp_path, movie_data):
     )  # fmt: skip
     assert record["status"] == "ok" and record["peft_params"] == 155_520
     assert 0 < record["metric_best"] < 5  # the pretrained model already knows the answer's form
+
+
+def test_a_new_head_trains_at_its_own_lr_whatever_the_methods():
+    from functools import partial
+
+    from onelora.tasks.base import PeftTask
+
+    model = torch.nn.ModuleDict({"layer": torch.nn.Linear(2, 2), "classifier": torch.nn.Linear(2, 1)})
+    task = PeftTask(model, partial(torch.optim.AdamW, lr=3e-4), head_lr=1e-2, head_modules=["classifier"])
+    groups = {id(p): g["lr"] for g in task.configure_optimizers().param_groups for p in g["params"]}
+    assert [groups[id(p)] for p in model["classifier"].parameters()] == [1e-2, 1e-2]
+    assert [groups[id(p)] for p in model["layer"].parameters()] == [3e-4, 3e-4]
+    plain = PeftTask(model, partial(torch.optim.AdamW, lr=3e-4))  # no head_lr: one lr for all, as before
+    assert {g["lr"] for g in plain.configure_optimizers().param_groups} == {3e-4}
