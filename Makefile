@@ -5,12 +5,13 @@ EXP     ?= fig6
 RUNS    ?=
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo mini readme-tables test lint bench costs report sweep paper-figures clean
+.PHONY: install demo mini real readme-tables test lint bench costs report sweep paper-figures clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-real.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-real.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +30,15 @@ mini: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) scripts/sweep.py mini --progress --jobs 2
 	$(PY) scripts/report.py --experiment mini --out results/mini > /dev/null
 	@echo "wrote results/mini/ (table.md, bubble.png, selection.csv, ranking.csv, ...)"
+
+# Table S9 on real pretrained weights (README "Real weights"): every method x 4 seeds, both protocols, on MiniLM
+# (movie-sentence sentiment) and SmolLM2-135M (the same sentences as instructions, the math task's machinery).
+real: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) scripts/sweep.py real_minilm --progress --jobs 2
+	$(PY) scripts/report.py --experiment real_minilm --out results/real/minilm > /dev/null
+	OMP_NUM_THREADS=1 $(PY) scripts/sweep.py real_smollm2 --progress --jobs 2
+	$(PY) scripts/report.py --experiment real_smollm2 --out results/real/smollm2 > /dev/null
+	@echo "wrote results/real/{minilm,smollm2}/ (table.md, bubble.png, selection.csv, ranking.csv, ...)"
 
 # The README's results tables, from the committed results files (tests/test_readme.py checks them).
 readme-tables: $(STAMP)

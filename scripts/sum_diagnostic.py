@@ -8,7 +8,10 @@ direction's), reach (the fraction of the best rank-1 direction's input variance 
 share of s explained by a constant (definitions: onelora.report.sum_diagnostic). The demo's ViT is the one the
 suite pre-trained on digits 0-4 (made on first use), fed digits 5-9 test images; the tiny Llama (RMSNorm) and
 DINOv2 (Depth Anything's backbone, LayerNorm) have random weights and random inputs: they show what the
-normalisation alone does. Writes layers.csv, by_type.csv, by_type.md and spread.png.
+normalisation alone does. The real models (minilm_l6, smollm2_135m: make install) are fed real sentences: the
+first movie sentences of the test split (onelora.data.movies; fetched on first use) with at least 16 tokens, cut
+to 16 (no padding enters the statistics). Each reach is printed beside a random direction's. Writes layers.csv,
+by_type.csv, by_type.md and spread.png.
 """
 
 from __future__ import annotations
@@ -21,7 +24,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ONELORA_ROOT", str(ROOT))
 
-MODELS = "vit_digits,llama_tiny,depth_anything_tiny"
+MODELS = "vit_digits,llama_tiny,depth_anything_tiny"  # the real ones: --models minilm_l6,smollm2_135m
+TOKENS = 16  # real sentences: the first 16 tokens of those that have as many
+
+
+def sentence_ids(cfg, n: int):  # noqa: ANN001, ANN201
+    """(n, TOKENS) token ids of the first test-split movie sentences with at least TOKENS tokens."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from onelora.data.movies import split
+    from onelora.models.packaged import resolve
+
+    tok = AutoTokenizer.from_pretrained(str(resolve(cfg.model.tokenizer)))
+    rows = []
+    for text, _ in split(cfg.paths.data_dir, "test"):
+        ids = tok(text)["input_ids"]
+        if len(ids) >= TOKENS:
+            rows.append(ids[:TOKENS])
+        if len(rows) == n:
+            break
+    return torch.tensor(rows)
 
 
 def batch_forward(cfg, n: int):  # noqa: ANN001, ANN201
@@ -29,6 +52,9 @@ def batch_forward(cfg, n: int):  # noqa: ANN001, ANN201
     import torch
 
     g = torch.Generator().manual_seed(0)
+    if cfg.model.name in ("minilm_l6", "smollm2_135m"):  # real weights: real sentences
+        ids = sentence_ids(cfg, n)
+        return lambda m: m(input_ids=ids)
     if cfg.model.name == "vit_digits":
         from onelora.data.classification import DigitsDataModule
 
@@ -53,7 +79,9 @@ def diagnose_model(name: str, n: int):  # noqa: ANN201
     from onelora.train import build_peft_model, ensure_pretrained
 
     torch.manual_seed(0)  # the random-weight configs: the same weights on every run
-    overrides = [f"model={name}", "peft=onelora"] + (["task=quickstart"] if name == "vit_digits" else [])
+    task = {"vit_digits": ["task=quickstart"], "minilm_l6": ["task=sentiment"],
+            "smollm2_135m": ["task=math", "task.weights_dtype=float32"]}.get(name, [])  # fmt: skip
+    overrides = [f"model={name}", "peft=onelora", *task]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
         ensure_pretrained(cfg)  # the demo's ViT: pre-trained on digits 0-4 once, then cached
@@ -89,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     layers.to_csv(args.out / "layers.csv", index=False, float_format="%.6g")
     summary.to_csv(args.out / "by_type.csv", index=False, float_format="%.6g")
     table = [
-        "| model | layer type | layers | spread (min–max) | reach | constant share of s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | layer type | layers | spread (min–max) | reach | a random direction's reach | constant share of s |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for _, r in summary.iterrows():
         table.append(f"| {r.model} | `{r.type}` | {r.layers} | {r.spread:.3f} ({r.spread_min:.3f}–{r.spread_max:.3f}) "
-                     f"| {r.reach:.3f} | {r.const_share:.3f} |")  # fmt: skip
+                     f"| {r.reach:.4f} | {r.reach_random:.4f} | {r.const_share:.3f} |")  # fmt: skip
     (args.out / "by_type.md").write_text("\n".join(table) + "\n")
     figure(summary).savefig(args.out / "spread.png", dpi=110)
     print("\n".join(table))

@@ -39,6 +39,7 @@ def test_a_positive_input_gives_the_hand_computed_values() -> None:
     assert stats["spread"] == pytest.approx(math.sqrt(1.5), rel=1e-12)
     assert stats["reach"] == pytest.approx(1.0, rel=1e-12)
     assert stats["const_share"] == pytest.approx(2 / 3, rel=1e-12)
+    assert stats["reach_random"] == pytest.approx((4 / 3) / 2 / 1, rel=1e-12)  # tr Σ / k / λ_max
     # a second direction of variance lowers reach: tokens (1,0), (0,1): s constant, Σ = [[.25,-.25],[-.25,.25]]
     assert sum_statistics(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))["reach"] == pytest.approx(0.0, abs=1e-12)
 

@@ -18,7 +18,7 @@ from .errors import ConfigError, DatasetFormatError
 
 # the data modules' arguments that name files or folders they read (configs/data/*.yaml)
 PATH_KEYS = ("data_dir", "root", "train_root", "val_root", "train_gt_root", "val_gt_root", "train_split",
-             "val_split", "json_path")  # fmt: skip
+             "val_split", "json_path", "val_json_path")  # fmt: skip
 
 
 def missing_data_paths(cfg: DictConfig) -> list[tuple[str, Path]]:

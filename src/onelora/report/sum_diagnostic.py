@@ -9,6 +9,8 @@ position of every sample), with Σ the covariance of the layer inputs x_t ∈ R^
   bias, BitFit's function class).
 - `reach` = (1ᵀΣ1 / k) / λ_max(Σ): the input-dependent variance 1LoRA's fixed direction passes on, as a fraction
   of what the best single direction passes on (LoRA r=1 can learn the top principal direction). In [0, 1].
+- `reach_random` = (tr Σ / k) / λ_max(Σ): the reach of a random unit direction (its expectation over directions),
+  the yardstick for `reach`: a sum that reaches less than this is worse than a direction drawn at random.
 - `const_share` = mean_t(s)² / mean_t(s²): the share of s's second moment a constant explains.
 
 Why look: after a LayerNorm the normalised part sums to zero over the features, so 1ᵀx = Σγᵢx̂ᵢ + Σβᵢ varies
@@ -43,6 +45,7 @@ def sum_statistics(x: Tensor) -> dict[str, float]:
     return {
         "spread": math.sqrt(var_sum / trace) if trace > 0 else math.nan,
         "reach": var_sum / k / top if top > 0 else math.nan,
+        "reach_random": trace / k / top if top > 0 else math.nan,
         "const_share": float(s.mean()) ** 2 / second if second > 0 else math.nan,
         "tokens": x.shape[0],
         "features": k,
@@ -85,6 +88,7 @@ def by_type(df: pd.DataFrame) -> pd.DataFrame:
         spread_min=("spread", "min"),
         spread_max=("spread", "max"),
         reach=("reach", "mean"),
+        reach_random=("reach_random", "mean"),
         const_share=("const_share", "mean"),
     )
     return out.reset_index()

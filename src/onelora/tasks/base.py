@@ -35,6 +35,8 @@ class PeftTask(L.LightningModule):
         metric_name: str = "loss",
         metric_direction: str = "min",
         lr_groups: dict[str, float] | None = None,
+        head_lr: float | None = None,
+        head_modules: list[str] | None = None,
     ) -> None:
         super().__init__()
         if metric_direction not in ("min", "max"):
@@ -44,6 +46,10 @@ class PeftTask(L.LightningModule):
         self.scheduler_cfg = dict(scheduler) if scheduler else None
         self.metric_name, self.metric_direction = metric_name, metric_direction
         self.lr_groups = {str(k): float(v) for k, v in (lr_groups or {}).items()}  # module prefix -> lr factor
+        # a new head's own lr (absolute, whatever the method's lr): a head trained at an adapter's small lr
+        # barely moves, and an adapter at a head's lr can diverge (README "Real weights")
+        self.head_lr = None if head_lr is None else float(head_lr)
+        self.head_modules = list(head_modules or [])
         self.best: float | None = None
         self.final_metrics: dict[str, float] = {}
         self.in_final_eval = False  # the pass after training (`final_eval`): its metrics are kept apart
@@ -156,17 +162,24 @@ class PeftTask(L.LightningModule):
                 best, factor = len(prefix), f
         return factor
 
+    def is_head(self, name: str) -> bool:
+        """A parameter of the task's new head, when the head has its own lr (`head_lr`)."""
+        if self.head_lr is None:
+            return False
+        return any(name.startswith(h + ".") or f".{h}." in f".{name}" for h in self.head_modules)
+
     def configure_optimizers(self) -> Any:
-        by_factor: dict[float, list[nn.Parameter]] = {}
+        by_lr: dict[tuple[bool, float], list[nn.Parameter]] = {}  # (absolute?, lr or factor) -> parameters
         for name, p in self.model.named_parameters():
             if p.requires_grad:
-                by_factor.setdefault(self.lr_factor(name), []).append(p)
-        if not by_factor:
+                key = (True, self.head_lr) if self.is_head(name) else (False, self.lr_factor(name))
+                by_lr.setdefault(key, []).append(p)  # type: ignore[arg-type]
+        if not by_lr:
             raise ValueError("the method leaves no parameter to train")
-        factors = sorted(by_factor, reverse=True)
-        optimizer = self.optimizer_factory([{"params": by_factor[f]} for f in factors])
-        for group, f in zip(optimizer.param_groups, factors):
-            group["lr"] *= f
+        keys = sorted(by_lr, key=lambda k: (k[0], -k[1]))
+        optimizer = self.optimizer_factory([{"params": by_lr[k]} for k in keys])
+        for group, (absolute, value) in zip(optimizer.param_groups, keys):
+            group["lr"] = value if absolute else group["lr"] * value
         if not self.scheduler_cfg:
             return optimizer
         sched = build_scheduler(optimizer, self.scheduler_cfg, int(self.trainer.estimated_stepping_batches))
@@ -242,8 +255,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _batch_size(batch: Any) -> int | None:
-    if isinstance(batch, dict):
-        batch = next(iter(batch.values()))
-    if isinstance(batch, (list, tuple)):
-        batch = batch[0]
+    for _ in range(2):  # a dict, a tuple, or a tuple whose first item is a dict (text: ({ids, mask}, labels))
+        if isinstance(batch, dict):
+            batch = next(iter(batch.values()))
+        if isinstance(batch, (list, tuple)):
+            batch = batch[0]
     return int(batch.shape[0]) if isinstance(batch, Tensor) else None

@@ -1,5 +1,7 @@
 """Image classification (the paper's ViT-B on CIFAR-10/100): cross-entropy, top-1 accuracy.
 
+Text works the same way (task=sentiment): a batch is ({input_ids, attention_mask}, labels).
+
 Also reported, for the paper's Figure 11: the expected calibration error (`ece`, 15 equal-width bins, top-1
 confidence) and, after fitting, `predictions.pt` in the run directory with every validation sample's
 confidence, correctness and cross-entropy from the last validation (`scripts/calibration.py` plots them).
@@ -27,8 +29,8 @@ class ClassificationTask(PeftTask):
         self.ece = torchmetrics.CalibrationError(task="multiclass", num_classes=num_classes, n_bins=ece_bins)
         self.samples: list[Tensor] = []  # per batch: (confidence, correct, loss) of each validation sample
 
-    def logits(self, images: Tensor) -> Tensor:
-        out = self.model(images)
+    def logits(self, inputs: Tensor | dict[str, Tensor]) -> Tensor:
+        out = self.model(**inputs) if isinstance(inputs, dict) else self.model(inputs)  # text: ids and mask
         return getattr(out, "logits", out)  # transformers returns an output object, timm a tensor
 
     def training_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
