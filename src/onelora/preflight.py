@@ -81,6 +81,7 @@ def offline_if_cached(cfg: DictConfig) -> bool:
 VALUE_KINDS: dict[str, tuple[str, int | None]] = {
     "dry_run": ("bool", None),
     "rerun": ("bool", None),
+    "cpu_threads": ("int", 1),
     "data.module.batch_size": ("int", 1),
     "data.module.eval_batch_size": ("int", 1),
     "data.module.num_workers": ("int", 0),
