@@ -53,3 +53,25 @@ def test_make_demo_and_mini_write_results_local_unless_update(tmp_path: Path) ->
         assert f"--out results/{name}\n" in plan(name, "UPDATE=1")
     assert "/results/local/" in (ROOT / ".gitignore").read_text().splitlines()
     assert "--update-reference" not in plan("source-model") and "--update-reference" in plan("source-model", "UPDATE=1")
+
+
+def test_the_sum_diagnostic_writes_results_local_beside_the_reference(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    import runpy
+    import shutil
+
+    main = runpy.run_path(str(ROOT / "scripts" / "sum_diagnostic.py"), run_name="diagnostic")["main"]
+    main.__globals__["ROOT"] = tmp_path  # a clone of its own: configs linked, the committed table copied
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    reference = tmp_path / "results" / "sum_diagnostic"
+    reference.mkdir(parents=True)
+    shutil.copy(ROOT / "results" / "sum_diagnostic" / "by_type.md", reference)
+    before = (reference / "by_type.md").read_text()
+    assert main(["--models", "llama_tiny"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "results" / "local" / "sum_diagnostic" / "by_type.md").is_file()
+    assert (
+        sorted(p.name for p in reference.iterdir()) == ["by_type.md"]
+        and reference.joinpath("by_type.md").read_text() == before
+    )
+    assert "beside the committed results/sum_diagnostic/by_type.md" in out
+    assert "table 1: 48 of 76 compared cells differ" in out  # 12 rows (other models) x 4 columns: missing here
