@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     digest, committed = sha256(out / "model.safetensors"), cfg.model.get("sha256")
     same = "the committed model" if digest == committed else f"differs from the committed model ({committed})"
     print(f"{out}: accuracy on digits 0-4 {100 * record['metric_best']:.2f}%, SHA-256 {digest}: {same}")
+    if not args.update_reference and digest != committed:
+        print(f"to fine-tune it: python run.py model.pretrained={out} model.sha256={digest}")
     if args.update_reference and digest != committed:
         target = ASSETS / "vit_digits_0-4"
         target.mkdir(parents=True, exist_ok=True)
