@@ -1,17 +1,18 @@
 """Where the sum compresses nothing: per adapted linear layer, how much 1LoRA's s = 1ᵀx varies across tokens.
 
-    python scripts/sum_diagnostic.py [--models vit_digits,llama_tiny,depth_anything_tiny] [--out results/sum_diagnostic]
+    python scripts/sum_diagnostic.py [--models vit_digits,llama_tiny,depth_anything_tiny] [--update-reference]
 
 For each model config, applies 1LoRA as a run would (every linear layer the model config targets), feeds one
 batch and reports per layer and per layer type: spread (std of 1ᵀx across tokens relative to a random
 direction's), reach (the fraction of the best rank-1 direction's input variance the sum passes on) and the
 share of s explained by a constant (definitions: onelora.report.sum_diagnostic). The demo's ViT is the one the
-suite pre-trained on digits 0-4 (made on first use), fed digits 5-9 test images; the tiny Llama (RMSNorm) and
+suite pre-trained on digits 0-4 (the committed one), fed digits 5-9 test images; the tiny Llama (RMSNorm) and
 DINOv2 (Depth Anything's backbone, LayerNorm) have random weights and random inputs: they show what the
 normalisation alone does. The real models (minilm_l6, smollm2_135m: make install) are fed real sentences: the
 first movie sentences of the test split (onelora.data.movies; fetched on first use) with at least 16 tokens, cut
 to 16 (no padding enters the statistics). Each reach is printed beside a random direction's. Writes layers.csv,
-by_type.csv, by_type.md and spread.png.
+by_type.csv, by_type.md and spread.png to results/local/sum_diagnostic (git-ignored) and shows by_type.md beside
+the committed results/sum_diagnostic/ (--update-reference: writes there).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def diagnose_model(name: str, n: int):  # noqa: ANN201
     overrides = [f"model={name}", "peft=onelora", *task]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-        ensure_pretrained(cfg)  # the demo's ViT: pre-trained on digits 0-4 once, then cached
+        ensure_pretrained(cfg)  # a re-made ViT (model.pretrained=<cache folder>): pre-trained on first use
         model, _ = build_peft_model(cfg)
     model.eval()
     layers = [n for n, m in model.named_modules() if isinstance(m, AdaptedLinear)]
@@ -96,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=MODELS, help=f"model configs, comma-separated (default {MODELS})")
     ap.add_argument("--batch", type=int, default=64, help="samples in the batch (default 64)")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "sum_diagnostic")
+    ap.add_argument("--out", type=Path, help="output folder (default: results/local/sum_diagnostic)")
+    ap.add_argument("--update-reference", action="store_true", help="write the committed results/sum_diagnostic")
     args = ap.parse_args(argv)
+    reference = ROOT / "results" / "sum_diagnostic"
+    args.out = args.out or (reference if args.update_reference else ROOT / "results" / "local" / "sum_diagnostic")
 
     import pandas as pd
 
@@ -125,8 +129,16 @@ def main(argv: list[str] | None = None) -> int:
                      f"| {r.reach:.4f} | {r.reach_random:.4f} | {r.const_share:.3f} |")  # fmt: skip
     (args.out / "by_type.md").write_text("\n".join(table) + "\n")
     figure(summary).savefig(args.out / "spread.png", dpi=110)
-    print("\n".join(table))
     print(f"wrote {args.out}/{{layers.csv, by_type.csv, by_type.md, spread.png}}")
+    if args.out.resolve() == reference.resolve():
+        print("\n".join(table))
+        return 0
+    from onelora.report.compare import compare_files
+
+    lines, differ = compare_files(reference / "by_type.md", args.out / "by_type.md")
+    print(f"beside the committed {reference.relative_to(ROOT)}/by_type.md:", *lines, sep="\n")
+    print("every cell the same as the committed reference" if not differ else
+          f"{differ} cell(s) differ from the committed reference (README: what reproduces across machines)")  # fmt: skip
     return 0
 
 

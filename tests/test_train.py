@@ -207,6 +207,11 @@ def test_wandb_offline_writes_a_run(cifar: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("WANDB_SILENT", "true")
     record, _ = smoke(cifar, "peft=onelora", "logger=wandb")
     assert record["status"] == "ok"
+    import wandb
+
+    # wandb.finish() (in train) hands the records to wandb's service process, which writes the file later; its
+    # shutdown waits for the writes (as a process's exit does after `python run.py`). Reading before it races.
+    wandb.teardown()
     runs = list((cifar / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     log = next(runs[0].glob("run-*.wandb")).read_bytes()  # history records carry the metric keys as JSON
@@ -214,13 +219,9 @@ def test_wandb_offline_writes_a_run(cifar: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_quickstart_with_reduced_budget(tmp_path: Path) -> None:
-    """`python run.py` pre-trains the digits ViT once (cached), then fine-tunes it with 1LoRA."""
-    budget = ["trainer.max_epochs=3", "+model.pretrain_overrides=['trainer.max_epochs=8']"]
-    with hydra_cfg(tmp_path, *budget) as cfg:
+    """`python run.py` fine-tunes the committed digits ViT with 1LoRA (tests/test_source_model.py: re-making it)."""
+    with hydra_cfg(tmp_path, "trainer.max_epochs=3") as cfg:
         record, _ = train(cfg)
-    assert (tmp_path / "cache" / "vit_digits_0-4" / "config.json").is_file()
-    pre = json.loads((tmp_path / "cache" / "vit_digits_0-4_run" / "result.json").read_text())
-    assert pre["status"] == "ok" and pre["peft"] == "full" and pre["metric_best"] > 0.6
     assert record["status"] == "ok" and record["peft"] == "onelora" and record["data"] == "digits_5-9"
     assert record["metric_best"] > 0.3  # chance is 0.2
 

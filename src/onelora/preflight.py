@@ -92,6 +92,7 @@ VALUE_KINDS: dict[str, Kind] = {
     "dry_run": Kind("bool"),
     "rerun": Kind("bool"),
     "seed": Kind("int", 0, SEED_MAX),
+    "cpu_threads": Kind("int", 1),
     "data.module.batch_size": Kind("int", 1),
     "data.module.eval_batch_size": Kind("int", 1),
     "data.module.num_workers": Kind("int", 0),

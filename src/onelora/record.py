@@ -47,8 +47,8 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def check_writable(directory: str | Path, what: str = "the run directory") -> None:
-    """Create `directory` and a file in it, or raise RunDirError naming it (read-only disk, a file in the way)."""
+def check_writable(directory: str | Path, what: str = "the run directory", fix: str = "paths.log_dir=") -> None:
+    """Create `directory` and a file in it, or raise RunDirError naming it and the setting that moves it (`fix`)."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,8 @@ def check_writable(directory: str | Path, what: str = "the run directory") -> No
     except OSError as e:
         raise RunDirError(
             f"cannot write {what} {directory} ({e.strerror or e}); "
-            "give a writable folder with paths.log_dir=... (or hydra.run.dir= / hydra.sweep.dir=)"
+            f"give a writable folder with {fix}..."
+            + (" (or hydra.run.dir= / hydra.sweep.dir=)" if fix == "paths.log_dir=" else "")
         ) from None
 
 
@@ -228,6 +229,10 @@ def _register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("run_dirname"):
         OmegaConf.register_new_resolver("run_dirname", run_dirname)
+    if not OmegaConf.has_resolver("asset"):  # ${asset:vit_digits_0-4}: a file shipped with the package
+        from .assets import asset_path
+
+        OmegaConf.register_new_resolver("asset", asset_path)
 
 
 _register_resolvers()

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .errors import ConfigError, user_errors  # noqa: F401  (re-exported: onelora.train.ConfigError, user_errors)
-from .models import build_model
+from .models import build_model, looks_local
 from .peft import DEFAULT_HEADS, ParameterCount, apply_peft, count_parameters, load_peft, merge_peft
 from .progress import run_event
 from .record import (  # noqa: F401  (re-exported: the record's helpers lived here)
@@ -166,6 +166,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     stopped = False
     trainer: Any = None
     ctrl_c = False  # Lightning turns Ctrl-C into a graceful stop and sys.exit(1)
+    threads = torch.get_num_threads()  # restored at the end: cpu_threads holds for this run only
     try:
         from .data.synthetic import ensure_synthetic
         from .preflight import preflight
@@ -175,6 +176,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         if cfg.rerun and is_rank_zero():  # starts afresh whatever the status; old checkpoints kept aside, not deleted
             set_aside_checkpoints(out / "checkpoints")
         ensure_pretrained(cfg)
+        if cfg.get("cpu_threads"):  # after the pre-training above, which runs on its own pinned count
+            torch.set_num_threads(int(cfg.cpu_threads))
+        record["cpu_threads"] = torch.get_num_threads()  # the last bits of a CPU run depend on it
         run_event("start", cfg)
         if lock is not None:  # the resolved config, for tools that rebuild the run's model (scripts/math_answers.py)
             OmegaConf.save(cfg, out / "config.yaml", resolve=True)
@@ -264,6 +268,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             write_json_atomic(record_path, record)
             release_lock(lock)
         _finish_wandb()
+        torch.set_num_threads(threads)
         run_event("end", cfg, record)
     if is_rank_zero():  # one summary line, not one per DDP process
         _print_summary(record, record_path)
@@ -321,21 +326,40 @@ def export_model(model: torch.nn.Module, path: str) -> None:
 
 
 def ensure_pretrained(cfg: DictConfig) -> None:
-    """Make the model's local pretrained weights first if the model config says how (the quickstart)."""
+    """Make the model's local pretrained weights first if the model config says how and they are not there.
+
+    The quickstart's ViT ships with the package, so this runs only for a folder of one's own
+    (model.pretrained=${paths.cache_dir}/vit_digits_0-4): the recipe is pinned (its seed, one thread), whatever
+    the seed or threads of the run that triggers it."""
     source, recipe = cfg.model.get("pretrained"), cfg.model.get("pretrain_experiment")
-    if not source or not recipe or Path(source).exists():
+    if not source or not recipe or not looks_local(str(source)):
         return
+    folder = Path(source)
+    if folder.exists() and any(folder.glob("*.safetensors")):
+        return
+    from .assets import ROOT as ASSETS
+
+    if folder.absolute().is_relative_to(ASSETS):
+        raise ConfigError(f"the packaged source model {folder} is missing; {cfg.model.get('pretrained_hint')}")
+    make_pretrained(recipe, folder, cfg, again=folder.exists())
+
+
+def make_pretrained(recipe: str, target: Path, cfg: DictConfig, *, again: bool = False) -> dict[str, Any]:
+    """Run experiment=`recipe` (its own seed and threads) and export the model to `target`; returns its record."""
     from hydra import compose
 
-    print(f"pretrained weights {source} not found: making them with experiment={recipe} (once, then cached)")
+    from .record import check_writable
+
+    check_writable(target.parent, "the cache folder", fix="paths.cache_dir=")
+    why = "holds no weights (an interrupted pre-training)" if again else "not found"
+    print(f"pretrained weights {target} {why}: making them with experiment={recipe} (once, then cached)")
     sub = compose(
         config_name="config",
         overrides=[
             f"experiment={recipe}",
-            f"seed={cfg.seed}",
             f"paths.root_dir={cfg.paths.root_dir}",
             f"paths.cache_dir={cfg.paths.cache_dir}",
-            f"+paths.pretrain_dir={Path(source).parent / (Path(source).name + '_run')}",
+            f"+paths.pretrain_dir={target.parent / (target.name + '_run')}",
             "logger=none",
             *cfg.model.get("pretrain_overrides", []),
         ],
@@ -343,10 +367,11 @@ def ensure_pretrained(cfg: DictConfig) -> None:
     with open_dict(sub):
         sub.paths.output_dir = sub.paths.pretrain_dir
         sub.rerun = True
-        sub.export_to = source
+        sub.export_to = str(target)
     record = run(sub)
     if record.get("status") != "ok":
         raise ConfigError(f"pre-training for {cfg.model.name} ended with status {record.get('status')}")
+    return record
 
 
 def _finish_wandb() -> None:

