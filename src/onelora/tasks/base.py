@@ -156,6 +156,12 @@ class PeftTask(L.LightningModule):
                 best, factor = len(prefix), f
         return factor
 
+    def configure_model(self) -> None:
+        # a sharding strategy (trainer=fsdp2) shards the network here, once its processes are up
+        shard = getattr(self.trainer.strategy, "shard", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self.model)
+
     def configure_optimizers(self) -> Any:
         by_factor: dict[float, list[nn.Parameter]] = {}
         for name, p in self.model.named_parameters():
