@@ -214,3 +214,64 @@ def ddp_strategy(**kwargs: Any) -> Any:
     DDPStrategy / torch DDP.
     """
     return _ddp_class()(**kwargs)
+
+
+def _fsdp2_class() -> type:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    class OneLoRAFSDP2Strategy(ModelParallelStrategy):
+        """Lightning's ModelParallelStrategy as pure data parallelism: FSDP2 over every process, no tensor
+        parallelism; the task's `configure_model` hands its network to `shard`."""
+
+        def __init__(self, unit_classes: Sequence[type], activation_classes: Sequence[type], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._unit_classes, self._activation_classes = tuple(unit_classes), tuple(activation_classes)
+
+        def setup_environment(self) -> None:
+            # Lightning's "auto" splits one node's processes into tensor parallelism; here all shard the data
+            if self._data_parallel_size == "auto":
+                self._data_parallel_size = self.num_nodes * self.num_processes
+            if self._tensor_parallel_size == "auto":
+                self._tensor_parallel_size = 1
+            super().setup_environment()
+
+        def shard(self, network: nn.Module) -> None:
+            """fully_shard each unit (innermost first), then the root; once (fit, then validate, call it again)."""
+            from torch.distributed._composable import checkpoint
+            from torch.distributed.fsdp import FSDPModule, fully_shard
+
+            if isinstance(network, FSDPModule):
+                return
+            mesh = self.device_mesh["data_parallel"]
+            for _, module in reversed(list(network.named_modules())):
+                if self._activation_classes and isinstance(module, self._activation_classes):
+                    checkpoint(module)  # composable: the state-dict keys stay the module's own
+                if module is not network and isinstance(module, self._unit_classes):
+                    fully_shard(module, mesh=mesh)
+            fully_shard(network, mesh=mesh)
+
+    return OneLoRAFSDP2Strategy
+
+
+def fsdp2_strategy(
+    layer_classes: Sequence[str] = ("transformers.models.llama.modeling_llama.LlamaDecoderLayer",),
+    wrap_adapters: bool = True,
+    activation_checkpointing: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`) full shard: one unit per `layer_classes` module (and per
+    adapter), activation checkpointing per layer. Each parameter is sharded on its own (DTensor, no flat
+    parameter), so units keep their tensors' dtypes, and it runs on CPU with gloo (FSDP v1 refuses a CPU-only
+    machine). Checkpoints are one full file (`save_distributed_checkpoint=False`), as every other strategy
+    writes. kwargs go to Lightning's ModelParallelStrategy.
+    """
+    layers = [import_class(p) for p in layer_classes]
+    if not layers:
+        raise _config_error("fsdp2_strategy needs at least one layer class to wrap (layer_classes=)")
+    units = list(layers)
+    if wrap_adapters:
+        from .peft.layer import Adapter
+
+        units.append(Adapter)
+    kwargs.setdefault("save_distributed_checkpoint", False)
+    return _fsdp2_class()(unit_classes=units, activation_classes=layers if activation_checkpointing else (), **kwargs)

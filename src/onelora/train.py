@@ -234,9 +234,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
             task.start_final_eval()
             trainer.validate(task, datamodule=datamodule, verbose=False)
             record[task.final_eval] = task.final_eval_metrics
-        if record["status"] == "ok" and cfg.get("export_to") and is_rank_zero():
-            export_model(model, cfg.export_to)
-            record["exported_to"] = str(cfg.export_to)
+        if record["status"] == "ok" and cfg.get("export_to"):
+            full = unsharded(model, cfg)  # every process takes part in gathering a sharded (FSDP2) model
+            if is_rank_zero():
+                export_model(full, cfg.export_to)
+                record["exported_to"] = str(cfg.export_to)
     except DivergedError as e:
         record.update(status="diverged", error=str(e))
         print(f"run diverged: {e}", file=sys.stderr)
@@ -313,6 +315,23 @@ def instantiate_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any
             raise
         detail = str(e.__cause__).splitlines()[0] if str(e.__cause__).strip() else type(e.__cause__).__name__
         raise ConfigError(f"the Lightning Trainer refuses the trainer.* settings: {detail}") from None
+
+
+def unsharded(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
+    """`model` itself, or for a model FSDP2 sharded (trainer=fsdp2) a plain copy with its full weights (on rank 0;
+    gathering is collective, so every process calls this)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_rank_zero():
+        return model
+    full, _ = build_peft_model(cfg)
+    full.load_state_dict(state, assign=True)  # the dtypes the task trained in (frozen weights bf16)
+    return full
 
 
 def export_model(model: torch.nn.Module, path: str) -> None:

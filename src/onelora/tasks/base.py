@@ -168,6 +168,12 @@ class PeftTask(L.LightningModule):
             return False
         return any(name.startswith(h + ".") or f".{h}." in f".{name}" for h in self.head_modules)
 
+    def configure_model(self) -> None:
+        # a sharding strategy (trainer=fsdp2) shards the network here, once its processes are up
+        shard = getattr(self.trainer.strategy, "shard", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self.model)
+
     def configure_optimizers(self) -> Any:
         by_lr: dict[tuple[bool, float], list[nn.Parameter]] = {}  # (absolute?, lr or factor) -> parameters
         for name, p in self.model.named_parameters():
