@@ -74,4 +74,4 @@ def test_the_sum_diagnostic_writes_results_local_beside_the_reference(tmp_path: 
         and reference.joinpath("by_type.md").read_text() == before
     )
     assert "beside the committed results/sum_diagnostic/by_type.md" in out
-    assert "table 1: 48 of 76 compared cells differ" in out  # 12 rows (other models) x 4 columns: missing here
+    assert "table 1: 60 of 95 compared cells differ" in out  # 12 rows (other models) x 5 columns: missing here
