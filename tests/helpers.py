@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,3 +104,19 @@ class SlowSteps:
                 time.sleep(seconds)
 
         return _Slow()
+
+
+def r_hat(d: int, even: bool) -> int:
+    r = int(math.sqrt(d) + 0.5)
+    return r // 2 * 2 if even else r
+
+
+FORMULAS = {  # the paper's Table 1, per layer
+    "onelora": lambda k, d: d,
+    "bitfit": lambda k, d: d,
+    "lora": lambda k, d: k + d,
+    "dora": lambda k, d: k + 2 * d,
+    "vera": lambda k, d: d + 1,
+    "mora1": lambda k, d: r_hat(d, False) ** 2,
+    "mora6": lambda k, d: r_hat(d, True) ** 2,
+}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import CONFIGS, ROOT, hydra_cfg
+from helpers import CONFIGS, FORMULAS, ROOT, hydra_cfg
 
 from onelora.peft import available_methods
 from onelora.train import dry_run
@@ -47,20 +46,6 @@ def depth_anything_large() -> list[tuple[int, int]]:  # transformers' DINOv2: q,
     return 24 * ([(1024, 1024)] * 4 + [(1024, 4096), (4096, 1024)])
 
 
-def r_hat(d: int, even: bool) -> int:
-    r = int(math.sqrt(d) + 0.5)
-    return r // 2 * 2 if even else r
-
-
-FORMULAS = {  # the paper's Table 1, per layer
-    "onelora": lambda k, d: d,
-    "bitfit": lambda k, d: d,
-    "lora": lambda k, d: k + d,
-    "dora": lambda k, d: k + 2 * d,
-    "vera": lambda k, d: d + 1,
-    "mora1": lambda k, d: r_hat(d, False) ** 2,
-    "mora6": lambda k, d: r_hat(d, True) ** 2,
-}
 MODELS = {
     "vit_base_in21k": (vit_b(), 12 * 2 * 2 * 768 + 2 * 768),  # layers, norm parameters (LN weight + bias)
     "llama2_7b": (llama(4096, 11008, 32), (2 * 32 + 1) * 4096),  # RMSNorm weight only

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, hydra_cfg
+from helpers import CONFIGS, FORMULAS, ROOT, hydra_cfg
 from omegaconf import OmegaConf
 
 from onelora.data import movies
@@ -171,22 +171,6 @@ def test_smollm2_perplexity_is_low_and_random_weights_are_not(smollm2, smol_toke
 # (in, out) of every adapted linear, written from the architectures (not read from the modules)
 MINILM_LINEARS = 6 * ([(384, 384)] * 4 + [(384, 1536), (1536, 384)]) + [(384, 384)]  # + BERT's pooler
 SMOL_LINEARS = 30 * ([(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)])
-
-
-def r_hat(d: int, even: bool) -> int:
-    r = int(math.sqrt(d) + 0.5)
-    return r // 2 * 2 if even else r
-
-
-FORMULAS = {  # the paper's Table 1, per layer
-    "onelora": lambda k, d: d,
-    "bitfit": lambda k, d: d,
-    "lora": lambda k, d: k + d,
-    "dora": lambda k, d: k + 2 * d,
-    "vera": lambda k, d: d + 1,
-    "mora1": lambda k, d: r_hat(d, False) ** 2,
-    "mora6": lambda k, d: r_hat(d, True) ** 2,
-}
 
 
 def expected(method: str, linears: list[tuple[int, int]], norms: int, total: int) -> int:

@@ -131,6 +131,19 @@ def _strategy_class() -> type:
     return OneLoRAFSDPStrategy
 
 
+def _wrap_units(strategy: str, layer_classes: Sequence[str], wrap_adapters: bool) -> tuple[list[type], list[type]]:
+    """The layer classes to wrap, and the sharding units: those layers, plus each adapter when asked."""
+    layers = [import_class(p) for p in layer_classes]
+    if not layers:
+        raise _config_error(f"{strategy} needs at least one layer class to wrap (layer_classes=)")
+    units = list(layers)
+    if wrap_adapters:
+        from .peft.layer import Adapter
+
+        units.append(Adapter)
+    return layers, units
+
+
 def fsdp_strategy(
     layer_classes: Sequence[str] = ("transformers.models.llama.modeling_llama.LlamaDecoderLayer",),
     wrap_adapters: bool = True,
@@ -146,14 +159,7 @@ def fsdp_strategy(
     mixed-precision config for the trainer's precision. kwargs go to Lightning's FSDPStrategy / torch FSDP
     (e.g. `limit_all_gathers`, `cpu_offload`).
     """
-    layers = [import_class(p) for p in layer_classes]
-    if not layers:
-        raise _config_error("fsdp_strategy needs at least one layer class to wrap (layer_classes=)")
-    units = list(layers)
-    if wrap_adapters:
-        from .peft.layer import Adapter
-
-        units.append(Adapter)
+    layers, units = _wrap_units("fsdp_strategy", layer_classes, wrap_adapters)
     if keep_dtypes:
         from torch.distributed.fsdp import MixedPrecision
 
@@ -265,13 +271,6 @@ def fsdp2_strategy(
     machine). Checkpoints are one full file (`save_distributed_checkpoint=False`), as every other strategy
     writes. kwargs go to Lightning's ModelParallelStrategy.
     """
-    layers = [import_class(p) for p in layer_classes]
-    if not layers:
-        raise _config_error("fsdp2_strategy needs at least one layer class to wrap (layer_classes=)")
-    units = list(layers)
-    if wrap_adapters:
-        from .peft.layer import Adapter
-
-        units.append(Adapter)
+    layers, units = _wrap_units("fsdp2_strategy", layer_classes, wrap_adapters)
     kwargs.setdefault("save_distributed_checkpoint", False)
     return _fsdp2_class()(unit_classes=units, activation_classes=layers if activation_checkpointing else (), **kwargs)
