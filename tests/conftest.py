@@ -27,3 +27,21 @@ def _the_clones_logs_stay_as_they_were() -> Iterator[None]:
     assert not changed, f"a test wrote into {LOGS} (give it paths.log_dir= or hydra.run.dir= under tmp_path): " + (
         ", ".join(changed[:5])
     )
+
+
+# what Lightning and torch.distributed leave in os.environ after an in-process distributed run (a strategy with
+# one process): a later `run.py trainer.devices=2` child inheriting LOCAL_RANK believes its processes were
+# launched for it, never starts rank 1 and waits for it forever
+DISTRIBUTED_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK",
+                   "MASTER_ADDR", "MASTER_PORT")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _no_distributed_env_leaks() -> Iterator[None]:
+    before = {k: os.environ.get(k) for k in DISTRIBUTED_ENV}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
