@@ -7,7 +7,7 @@ from pathlib import Path
 
 from helpers import ROOT
 
-from onelora.report.compare import compare
+from onelora.report.compare import compare, compare_files
 
 REF = """# Demo
 
@@ -39,6 +39,18 @@ def test_times_and_marks_are_not_compared_values_are() -> None:
     assert differ == 2
     assert "| Head only | 55.36 ± 0.63 | 57.81 ± 0.32 | no |" in lines
     assert lines[-1] == "table 2: 1 of 4 compared cells differ: 1LoRA 0.001 46.67 -> 47.41"
+
+
+def test_the_verdict_follows_the_comparison_and_no_reference_gives_none(tmp_path: Path) -> None:
+    ref, fresh = tmp_path / "ref.md", tmp_path / "fresh.md"
+    fresh.write_text(REF.replace("55.36 ± 0.63", "57.81 ± 0.32"))
+    lines, differ = compare_files(ref, fresh)  # no committed reference yet (a first `make real`)
+    assert (lines, differ) == ([f"no committed reference {ref}: nothing to compare this run's {fresh} with"], 0)
+    ref.write_text(REF)
+    lines, differ = compare_files(ref, fresh)
+    assert differ == 1 and lines[-1].startswith("1 cell(s) differ from the committed reference")
+    lines, differ = compare_files(ref, ref)
+    assert differ == 0 and lines[-1] == "every compared cell the same as the committed reference"
 
 
 def test_make_demo_and_mini_write_results_local_unless_update(tmp_path: Path) -> None:

@@ -65,7 +65,10 @@ def _at(row: list[str] | None, i: int) -> str:
 
 
 def compare_files(reference: Path, fresh: Path) -> tuple[list[str], int]:
-    """`compare` of two files; a missing reference is said in one line."""
+    """`compare` of two files and its verdict as the last line; a missing reference is one line, and no verdict."""
     if not reference.is_file():
-        return [f"no committed reference {reference} to compare with"], 0
-    return compare(reference.read_text(), fresh.read_text())
+        return [f"no committed reference {reference}: nothing to compare this run's {fresh} with"], 0
+    lines, differ = compare(reference.read_text(), fresh.read_text())
+    verdict = (f"{differ} cell(s) differ from the committed reference (README: what reproduces across machines)"
+               if differ else "every compared cell the same as the committed reference")  # fmt: skip
+    return [*lines, verdict], differ
