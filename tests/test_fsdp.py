@@ -8,6 +8,7 @@ process, over bf16 frozen weights: the config's FSDP2 units give one process's g
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import os
 import shutil
@@ -84,6 +85,12 @@ def test_fsdp2_on_two_cpu_processes_trains_as_one_process(method: str, tmp_path:
     assert f"resuming from {resumed / 'checkpoints' / 'epoch=0-step=1.ckpt'}" in proc.stderr + proc.stdout
     _same_tensors(_trained(sharded), _trained(resumed), atol=0)
     assert json.loads((resumed / "result.json").read_text())["metrics"] == record["metrics"]
+    # the resumed epoch's training time: its part before the checkpoint (saved in it) and its part after
+    ckpt = torch.load(resumed / "checkpoints" / "epoch=0-step=1.ckpt", map_location="cpu", weights_only=False)
+    before = ckpt["callbacks"]["EfficiencyMonitor"]["train_s"]
+    rows = list(csv.DictReader((resumed / "csv" / "metrics.csv").open()))
+    epoch0 = [float(r["time/train_s"]) for r in rows if r["epoch"] == "0" and r["time/train_s"]]
+    assert before > 0 and len(epoch0) == 1 and epoch0[0] > before
 
 
 def test_fsdp2_units_keep_one_process_gradients_over_bf16_weights(tmp_path: Path) -> None:
