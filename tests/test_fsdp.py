@@ -88,7 +88,7 @@ def test_fsdp2_on_two_cpu_processes_trains_as_one_process(method: str, tmp_path:
     # the resumed epoch's training time: its part before the checkpoint (saved in it) and its part after
     ckpt = torch.load(resumed / "checkpoints" / "epoch=0-step=1.ckpt", map_location="cpu", weights_only=False)
     before = ckpt["callbacks"]["EfficiencyMonitor"]["train_s"]
-    rows = list(csv.DictReader((resumed / "csv" / "metrics.csv").open()))
+    rows = list(csv.DictReader((resumed / "csv" / "metrics.csv").read_text().splitlines()))
     epoch0 = [float(r["time/train_s"]) for r in rows if r["epoch"] == "0" and r["time/train_s"]]
     assert before > 0 and len(epoch0) == 1 and epoch0[0] > before
 
