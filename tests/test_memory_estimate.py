@@ -125,9 +125,11 @@ def test_fsdp_counts_the_gathered_units(tmp_path: Path) -> None:
 
 
 def test_fsdp2_estimate_is_fsdp_s(tmp_path: Path) -> None:
-    """FSDP2 shards the same units (decoder layers, adapters, root) and gathers them as FSDP v1 does."""
-    args = ("experiment=math_llama2_7b", "model=llama_tiny", "peft=onelora")
-    assert _estimate(tmp_path, *args, "trainer=fsdp2") == _estimate(tmp_path, *args, "trainer=fsdp")
+    """FSDP2 shards the decoder layers (their adapters inside) and the root, and gathers them as FSDP v1 does."""
+    args = ("experiment=math_llama2_7b", "model=llama_tiny", "peft=lora")
+    fsdp2 = _estimate(tmp_path, *args, "trainer=fsdp2")
+    assert fsdp2 == _estimate(tmp_path, *args, "trainer=fsdp", "trainer.strategy.wrap_adapters=false")
+    assert fsdp2["gathered"] > _estimate(tmp_path, *args, "trainer=fsdp")["gathered"]  # two layers' adapters more
 
 
 def test_dit_vae_and_diffusers_checkpointing(tmp_path: Path) -> None:

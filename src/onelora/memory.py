@@ -281,7 +281,8 @@ def estimate_from_config(model: nn.Module, cfg: Any, device_type: str = "cuda") 
         from .peft.layer import Adapter
         from .strategies import import_class
 
-        units = (*(import_class(str(c)) for c in options.get("layer_classes") or ()), Adapter)
+        layers = tuple(import_class(str(c)) for c in options.get("layer_classes") or ())
+        units = (*layers, Adapter) if options.get("wrap_adapters", True) else layers
     buckets = 0
     if deepspeed and options.get("overlap_comm", False):  # two buckets, in the module's (bf16) dtype
         itemsize = torch.finfo(to_dtype(trainable) or torch.float32).bits // 8

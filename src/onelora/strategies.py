@@ -242,34 +242,48 @@ def _fsdp2_class() -> type:
             super().setup_environment()
 
         def shard(self, network: nn.Module) -> None:
-            """fully_shard each unit (innermost first), then the root; once (fit, then validate, call it again)."""
-            from torch.distributed._composable import checkpoint
-            from torch.distributed.fsdp import FSDPModule, fully_shard
-
-            if isinstance(network, FSDPModule):
-                return
-            mesh = self.device_mesh["data_parallel"]
-            for _, module in reversed(list(network.named_modules())):
-                if self._activation_classes and isinstance(module, self._activation_classes):
-                    checkpoint(module)  # composable: the state-dict keys stay the module's own
-                if module is not network and isinstance(module, self._unit_classes):
-                    fully_shard(module, mesh=mesh)
-            fully_shard(network, mesh=mesh)
+            """Shard `network` over the data-parallel processes (`shard_units`)."""
+            shard_units(network, self.device_mesh["data_parallel"], self._unit_classes, self._activation_classes)
 
     return OneLoRAFSDP2Strategy
 
 
+def shard_units(network: nn.Module, mesh: Any, unit_classes: Sequence[type], activation: Sequence[type]) -> None:
+    """fully_shard each `unit_classes` module (innermost first), then the root, over `mesh`; activation
+    checkpointing on each `activation` module. Once: fit, then validate, call it again."""
+    from torch.distributed._composable import checkpoint
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(network, FSDPModule):
+        return
+    units, activation = tuple(unit_classes), tuple(activation)
+    for _, module in reversed(list(network.named_modules())):
+        if activation and isinstance(module, activation):
+            checkpoint(module)  # composable: the state-dict keys stay the module's own
+        if module is not network and isinstance(module, units):
+            fully_shard(module, mesh=mesh)
+    fully_shard(network, mesh=mesh)
+
+
 def fsdp2_strategy(
     layer_classes: Sequence[str] = ("transformers.models.llama.modeling_llama.LlamaDecoderLayer",),
-    wrap_adapters: bool = True,
+    wrap_adapters: bool = False,
     activation_checkpointing: bool = True,
     **kwargs: Any,
 ) -> Any:
-    """FSDP2 (`torch.distributed.fsdp.fully_shard`) full shard: one unit per `layer_classes` module (and per
-    adapter), activation checkpointing per layer. Each parameter is sharded on its own (DTensor, no flat
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`) full shard: one unit per `layer_classes` module (its adapters
+    inside), activation checkpointing per layer. Each parameter is sharded on its own (DTensor, no flat
     parameter), so units keep their tensors' dtypes, and it runs on CPU with gloo (FSDP v1 refuses a CPU-only
     machine). Checkpoints are one full file (`save_distributed_checkpoint=False`), as every other strategy
     writes. kwargs go to Lightning's ModelParallelStrategy.
+
+    wrap_adapters=False, unlike FSDP v1: FSDP2 gathers a unit of mixed dtypes (bf16 weights, fp32 adapters) in
+    one collective, so an adapter needs no unit of its own, and one would change the gradients. A unit hooks its
+    forward inputs (to reduce its gradients once they are complete), so the gradient of a layer input that
+    several adapters share (q/k/v, gate/up) is summed per adapter first, then across adapters: over bf16 frozen
+    weights a different rounding than one process's, about 1e-3 relative from the first step where LoRA's B is
+    non-zero on. Without adapter units the sums are one process's (`tests/test_fsdp.py`), with one all-gather
+    per layer instead of one per adapter as well.
     """
     layers, units = _wrap_units("fsdp2_strategy", layer_classes, wrap_adapters)
     kwargs.setdefault("save_distributed_checkpoint", False)

@@ -24,7 +24,8 @@ class EfficiencyMonitor(L.Callback):
     Time spent in validation is measured separately and excluded from training time;
     the paper's "time" is their sum. Peak memory is `max_memory_allocated` (reset at fit
     start) and also `max_memory_reserved` (what the allocator held); None on CPU.
-    Elapsed times survive a resume (saved in the checkpoint).
+    Elapsed times survive a resume: a checkpoint saved mid-epoch holds the epoch's training time so far, and the
+    resumed run goes on counting from its start (Lightning calls no `on_train_epoch_start` for an epoch it resumes).
     """
 
     def __init__(self) -> None:
@@ -52,6 +53,10 @@ class EfficiencyMonitor(L.Callback):
             self.device_total_bytes, self.device_name = int(props.total_memory), props.name
         else:
             self.device_name = trainer.strategy.root_device.type
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._sync(trainer)
+        self._t0 = time.perf_counter()  # an epoch resumed mid-way gets no on_train_epoch_start
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._sync(trainer)
@@ -109,7 +114,8 @@ class EfficiencyMonitor(L.Callback):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_s": self.train_s, "val_s": self.val_s}
+        running = time.perf_counter() - self._t0 if self._t0 is not None else 0.0  # a checkpoint inside an epoch
+        return {"train_s": self.train_s + running, "val_s": self.val_s}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_s, self.val_s = state_dict.get("train_s", 0.0), state_dict.get("val_s", 0.0)
