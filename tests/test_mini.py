@@ -132,3 +132,39 @@ def test_parallel_multiruns_wait_for_the_shared_pretraining_and_report_to_one_ba
     lines = [line for line in stream.getvalue().replace("\r", "\n").splitlines() if line.startswith("ok ")]
     assert sorted(line.split()[1] for line in lines) == ["first", "second", "third"]
     assert "exited with 3" in stream.getvalue() and str(tmp_path / "third.log") in stream.getvalue()
+
+
+def test_the_ranking_is_shown_beside_another_committed_report_re_ranked_among_the_same_methods(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    import pandas as pd
+
+    from onelora.report.manifest import load_manifest
+    from onelora.report.tuning import ranking_frame, ranking_markdown
+
+    manifest = load_manifest("real_minilm")
+    other = tmp_path / "other"
+    other.mkdir()
+    # another report's ranks among 10 methods; mora1 (its rank 1) is missing from it, and head has none
+    ranks = {"mora6": 2, "bitfit": 3, "difffit": 4, "lora": 5, "vera": 6, "dora": 7, "onelora": 8,
+             "onelora_norms": 9, "full": 10, "head": None}  # fmt: skip
+    pd.DataFrame({"method": list(ranks), "lr per method": 0.0, "lr per method rank": list(ranks.values())}).to_csv(
+        other / "ranking.csv", index=False
+    )
+    manifest = dataclasses.replace(manifest, rank_beside=(str(other), str(tmp_path / "absent")))
+    summary = pd.DataFrame(
+        [
+            {"transfer": t, "method": m, "metric_mean": float(i)}
+            for t in manifest.transfers
+            for i, m in enumerate(manifest.methods)
+        ]  # fmt: skip
+    )
+    frame = ranking_frame(summary, manifest).set_index("method")
+    beside = frame[f"{other}: lr per method rank"]
+    assert beside.isna()[["mora1", "head"]].all()
+    assert beside.drop(["mora1", "head"]).tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9]  # re-ranked among the nine
+    text = ranking_markdown(frame.reset_index(), manifest)
+    assert f"rank in {other}: lr per method" in text
+    assert f"No ranking in {tmp_path / 'absent'} (its ranking.csv is missing)." in text

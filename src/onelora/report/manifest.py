@@ -19,6 +19,7 @@ tune:                                   # optional: one group's value of `key` c
   grid: [1.0e-3, 3.0e-3, 1.0e-2]
   seeds: [100]                          #   selection seeds (fresh ones, not the reported seeds)
 rank_against: tableS9                   # optional: the report ranks the methods beside this paper table's
+rank_beside: [results/mini]             # optional: and beside these committed reports' rankings (their ranking.csv)
 ```
 
 A manifest spanning several transfers lists `groups: [{experiment, transfer, runs_dir?, overrides?}, ...]`
@@ -49,7 +50,8 @@ METRICS: dict[str, tuple[str, int, float]] = {
     "fid": ("FID", 2, 1.0),
 }
 TOP_KEYS = {"title", "experiment", "transfer", "runs_dir", "overrides", "groups", "methods", "seeds", "metric",
-            "metrics", "time_unit", "paper_table", "aliases", "note", "params", "tune", "rank_against"}  # fmt: skip
+            "metrics", "time_unit", "paper_table", "aliases", "note", "params", "tune", "rank_against",
+            "rank_beside"}  # fmt: skip
 PARAMS = ("peft_params", "trainable_params")  # what the params column counts: the method alone, or with the head
 GROUP_KEYS = {"experiment", "transfer", "runs_dir", "overrides"}
 TUNE_KEYS = {"group", "experiment", "key", "grid", "seeds", "runs_dir"}
@@ -113,6 +115,7 @@ class Manifest:
     group_by: str = "name"  # the record field matched against Group.experiment ("data" without a manifest)
     tune: Tune | None = None
     rank_against: str | None = None  # a paper table whose ranking the report shows beside ours
+    rank_beside: tuple[str, ...] = ()  # committed report folders (repository-relative) whose ranks are shown too
 
     @property
     def metric(self) -> Metric:
@@ -226,6 +229,7 @@ def parse_manifest(data: Any, name: str, path: Path | None = None) -> Manifest:
         path=path,
         tune=_tune(data["tune"], groups, where) if data.get("tune") is not None else None,
         rank_against=data.get("rank_against"),
+        rank_beside=tuple(str(f) for f in data.get("rank_beside") or ()),
     )
 
 

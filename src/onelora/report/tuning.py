@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from .manifest import PAPER_DIR, Manifest
+from .manifest import PAPER_DIR, ROOT, Manifest
 from .plots import method_label
 
 
@@ -64,7 +64,17 @@ def ranking_frame(summary: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
         ours = summary[summary.transfer == transfer].set_index("method").metric_mean  # already in the printed unit
         out[transfer] = out.method.map(ours)
         out[f"{transfer} rank"] = out[transfer].where(out.paper.notna()).rank(ascending=ascending, method="min")
+    for folder in manifest.rank_beside:  # another committed report's ranks (e.g. make mini's), where it exists
+        path = ROOT / folder / "ranking.csv"
+        other = pd.read_csv(path).set_index("method") if path.is_file() else pd.DataFrame()
+        for col in [c for c in other.columns if c.endswith(" rank") and c != "paper_rank"]:
+            # re-ranked among the methods ranked here (another paper table may report other methods)
+            out[f"{folder}: {col}"] = out.method.map(other[col]).where(out.paper.notna()).rank(method="min")
     return out
+
+
+def _beside(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if ": " in c]
 
 
 def ranking_markdown(frame: pd.DataFrame, manifest: Manifest) -> str:
@@ -72,9 +82,12 @@ def ranking_markdown(frame: pd.DataFrame, manifest: Manifest) -> str:
     head = ["Method", f"Paper ({table}) {m.label}", "rank"]
     for t in manifest.transfers:
         head += [f"Ours, {t}", "rank"]
+    head += [f"rank in {c.removesuffix(' rank')}" for c in _beside(frame)]
+    missing = [f for f in manifest.rank_beside if not any(c.startswith(f"{f}: ") for c in _beside(frame))]
     lines = [f"## Ranking beside the paper's {table}", "",
              "Ranks among the methods the paper reports (1 = best); Spearman's ρ between the paper's ranking and "
-             "ours: " + ", ".join(f"{t} {spearman(frame, t):+.2f}" for t in manifest.transfers) + ".", "",
+             "ours: " + ", ".join(f"{t} {spearman(frame, t):+.2f}" for t in manifest.transfers) + "."
+             + "".join(f" No ranking in {f} (its ranking.csv is missing)." for f in missing), "",
              "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]  # fmt: skip
 
     def num(x: float, rank: bool = False) -> str:
@@ -84,6 +97,7 @@ def ranking_markdown(frame: pd.DataFrame, manifest: Manifest) -> str:
         cells = [method_label(r.method), num(r.paper), num(r.paper_rank, True)]
         for t in manifest.transfers:
             cells += [num(r[t]), num(r[f"{t} rank"], True)]
+        cells += [num(r[c], True) for c in _beside(frame)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
