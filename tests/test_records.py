@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import yaml
-from helpers import ROOT, hydra_cfg, write_cifar10
+from helpers import CHILD_PATH, ROOT, hydra_cfg, write_cifar10
 
 from onelora.errors import DatasetFormatError, RunDirError
 from onelora.record import LOCK, acquire_lock, effective_status, read_record, release_lock
@@ -23,7 +23,7 @@ from onelora.report import write_report
 from onelora.train import train
 
 HOST = socket.gethostname()
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "HF_HUB_OFFLINE": "1"}
+ENV = {**os.environ, "PYTHONPATH": CHILD_PATH, "HF_HUB_OFFLINE": "1"}
 
 
 class RecordProbe(L.Callback):

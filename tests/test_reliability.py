@@ -19,7 +19,7 @@ import lightning as L
 import pytest
 import torch
 from fixtures_depth import write_nyu
-from helpers import ROOT, hydra_cfg, write_cifar10
+from helpers import CHILD_PATH, ROOT, hydra_cfg, write_cifar10
 
 from onelora.checkpoints import RunError, load_run
 from onelora.errors import UserError
@@ -47,7 +47,7 @@ def _kill_at(step: int) -> list[str]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "PYTHONPATH": CHILD_PATH, "HYDRA_FULL_ERROR": "1"}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=300)  # fmt: skip
 

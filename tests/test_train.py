@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import ROOT, hydra_cfg, write_cifar10
+from helpers import CHILD_PATH, ROOT, hydra_cfg, write_cifar10
 
 from onelora.record import effective_status
 from onelora.train import build_peft_model, train
@@ -131,7 +131,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})},
+        env={**os.environ, "PYTHONPATH": CHILD_PATH, **(env or {})},
         timeout=300,
     )
 
