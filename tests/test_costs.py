@@ -13,7 +13,7 @@ from helpers import hydra_cfg
 
 from onelora.costs import COLUMNS, Settings, run_costs, write_outputs
 from onelora.report.manifest import PAPER_DIR, load_manifest
-from onelora.train import dry_run
+from onelora.run.train import dry_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import torch
 from helpers import ROOT, hydra_cfg
 from safetensors.torch import load_file
 
-from onelora.train import train
+from onelora.run.train import train
 
 # global batch 4 = micro 1 x 4 accumulated on one process = micro 1 x 2 processes x 2 accumulated; 2 optimizer
 # steps per epoch either way (8 micro-batches on one process, 4 on each of two); a checkpoint at every step

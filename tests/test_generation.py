@@ -26,9 +26,9 @@ from onelora.errors import ConfigError
 from onelora.models import build_model
 from onelora.models.dit import class_embedder, embeddings_shared, share_dit_embeddings
 from onelora.peft import AdaptedLinear
+from onelora.run.train import build_peft_model, dry_run, train
 from onelora.tasks.diffusion import ParameterEMA, classifier_free_guidance, guided_channel_count, to_uint8
 from onelora.tasks.generation import GenerationTask, RandomConvFeatures, VariationalBound
-from onelora.train import build_peft_model, dry_run, train
 
 
 @pytest.fixture

@@ -349,7 +349,7 @@ def test_run_validates_options_before_loading_the_model(tmp_path, monkeypatch):
     """`run()` (the CLI, exit 2) rejects a bad option before any weight is loaded, in a dry run too."""
     from helpers import hydra_cfg
 
-    import onelora.train as train
+    import onelora.run.train as train
 
     def no_model(*_, **__):
         raise AssertionError("the model was built before the options were checked")

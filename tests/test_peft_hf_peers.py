@@ -28,7 +28,7 @@ from onelora.peft import (  # noqa: E402
     merge_peft,
     save_peft,
 )
-from onelora.train import build_peft_model, dry_run, run, train  # noqa: E402
+from onelora.run.train import build_peft_model, dry_run, run, train  # noqa: E402
 
 PAPER_MODELS = ["vit_base_in21k", "depth_anything_large", "llama2_7b", "llama2_13b", "dit_xl_2_256"]
 HF_CONFIGS = sorted(p.stem for p in (CONFIGS / "peft").glob("hf_*.yaml"))

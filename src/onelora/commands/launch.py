@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .progress import EventTail, SweepDisplay
-from .report.aggregate import read_records
-from .report.manifest import Group, Manifest
+from ..report.aggregate import read_records
+from ..report.manifest import Group, Manifest
+from ..run.progress import EventTail, SweepDisplay
 
 ROOT = Path(__file__).resolve().parents[2]
 

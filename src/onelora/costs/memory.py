@@ -10,7 +10,7 @@ Terms (bytes, per process):
 - optimizer: AdamW's two fp32 moments per trainable parameter (+ fp32 master copies where what trains is
   stored in lower precision);
 - activations: the tensors autograd saves for backward in one forward of one micro-batch, traced on fake tensors
-  of the target device under its own autocast (`onelora.memory_trace`: CUDA's op lists, CUDA's 1-byte dropout
+  of the target device under its own autocast (`onelora.costs.memory_trace`: CUDA's op lists, CUDA's 1-byte dropout
   masks, the fused attention kernel the GPU picks), bytes of the distinct storages saved, parameters and buffers
   excluded. With activation checkpointing (transformers' layers, diffusers' `transformer_blocks`, timm's
   `blocks`): what is saved outside them, plus each block's input, plus one block's saved tensors (its
@@ -105,7 +105,7 @@ def example_inputs(
 
 def depth_input_hw(cfg: Any) -> tuple[int, int]:
     """The network input size of a depth experiment's training images, from the data's own function."""
-    from .data.depth import dataset_input_hw, input_hw
+    from ..data.depth import dataset_input_hw, input_hw
 
     data = cfg.data.get("module") or {}
     size = data.get("input_size", cfg.model.get("image_size") or 518)
@@ -141,7 +141,7 @@ def _nbytes(tensors: Any) -> int:
 def fsdp_gathered_bytes(model: nn.Module, unit_classes: tuple[type, ...], world_size: int) -> int:
     """Unsharded parameters FSDP full shard keeps resident at once, beyond each process's shard: the root unit
     (gathered from forward to backward) and two layer units (the running one and the prefetched one)."""
-    from .strategies import fsdp_units
+    from ..run.strategies import fsdp_units
 
     units = fsdp_units(model, unit_classes)
     root = _nbytes(p for _, p in units.get("", []))
@@ -251,7 +251,7 @@ def _frozen_model_bytes(cfg: Any, dtype: str | None) -> int:
     vae = cfg.model.get("vae") if cfg.model.get("kind") == "diffusion_transformer" else None
     if not vae:
         return 0
-    from .models import build_model
+    from ..models import build_model
 
     module = build_model(vae, pretrained=False, meta=True)
     if dtype is not None:
@@ -274,12 +274,12 @@ def estimate_from_config(model: nn.Module, cfg: Any, device_type: str = "cuda") 
     strategy = cfg.trainer.get("strategy")
     options = strategy if hasattr(strategy, "get") else {}
     fsdp, deepspeed = "fsdp" in target, "deepspeed" in target
-    from .batching import world_size
+    from ..run.batching import world_size
 
     units: tuple[type, ...] = ()
     if fsdp:
-        from .peft.layer import Adapter
-        from .strategies import import_class
+        from ..peft.layer import Adapter
+        from ..run.strategies import import_class
 
         units = (*(import_class(str(c)) for c in options.get("layer_classes") or ()), Adapter)
     buckets = 0

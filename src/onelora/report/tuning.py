@@ -12,8 +12,8 @@ from .manifest import PAPER_DIR, Manifest
 from .plots import method_label
 
 
-def _launch():  # noqa: ANN202  # onelora.launch imports the report package: imported when needed
-    from .. import launch
+def _launch():  # noqa: ANN202  # onelora.commands.launch imports the report package: imported when needed
+    from ..commands import launch
 
     return launch
 

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger("onelora")
 

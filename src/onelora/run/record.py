@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import RunDirError, UserError
+from ..errors import RunDirError, UserError
 
 RECORD = "result.json"
 LOCK = ".run.lock"
@@ -230,7 +230,7 @@ def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_dirname"):
         OmegaConf.register_new_resolver("run_dirname", run_dirname)
     if not OmegaConf.has_resolver("asset"):  # ${asset:vit_digits_0-4}: a file shipped with the package
-        from .assets import asset_path
+        from ..assets import asset_path
 
         OmegaConf.register_new_resolver("asset", asset_path)
 

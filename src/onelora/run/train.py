@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .errors import ConfigError, user_errors  # noqa: F401  (re-exported: onelora.train.ConfigError, user_errors)
-from .models import build_model, looks_local
-from .peft import DEFAULT_HEADS, ParameterCount, apply_peft, count_parameters, load_peft, merge_peft
+from ..errors import ConfigError, user_errors  # noqa: F401  (re-exported: onelora.run.train.ConfigError, user_errors)
+from ..models import build_model, looks_local
+from ..peft import DEFAULT_HEADS, ParameterCount, apply_peft, count_parameters, load_peft, merge_peft
 from .progress import run_event
 from .record import (  # noqa: F401  (re-exported: the record's helpers lived here)
     RECORD,
@@ -98,8 +98,8 @@ def dry_run(cfg: DictConfig) -> dict[str, int]:
         "total_params": counts.total,
         "adapted_layers": counts.adapted_layers,
     }
+    from ..costs.memory import estimate_from_config, format_memory_lines
     from .batching import apply_global_batch
-    from .memory import estimate_from_config, format_memory_lines
 
     accumulation = apply_global_batch(cfg)
     if accumulation:
@@ -119,7 +119,7 @@ def is_rank_zero() -> bool:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and validate as `cfg` says; returns the run record (also written to result.json)."""
-    from .peft import validate_peft
+    from ..peft import validate_peft
     from .preflight import check_values
 
     check_values(cfg)  # a value of the wrong type for a common key: one line, before anything is built
@@ -148,10 +148,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
         log.warning("%s; the run resumes from its last checkpoint, which keeps its metrics", said)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from ..tasks.base import DivergedError
     from .callbacks import EfficiencyMonitor
     from .callbacks.preemption import EXIT_SIGTERM, Preemption, cluster_plugins
     from .checkpoints import resume_checkpoint, set_aside_checkpoints, trained_keys
-    from .tasks.base import DivergedError
 
     # one process per run directory (a second one stops here with one line); the record says `running` from now
     lock = acquire_lock(out) if is_rank_zero() else None
@@ -168,7 +168,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     ctrl_c = False  # Lightning turns Ctrl-C into a graceful stop and sys.exit(1)
     threads = torch.get_num_threads()  # restored at the end: cpu_threads holds for this run only
     try:
-        from .data.synthetic import ensure_synthetic
+        from ..data.synthetic import ensure_synthetic
         from .preflight import preflight
 
         ensure_synthetic(cfg.data)  # a smoke experiment's tiny data set is built on first use
@@ -356,7 +356,7 @@ def ensure_pretrained(cfg: DictConfig) -> None:
     folder = Path(source)
     if folder.exists() and any(folder.glob("*.safetensors")):
         return
-    from .assets import ROOT as ASSETS
+    from ..assets import ROOT as ASSETS
 
     if folder.absolute().is_relative_to(ASSETS):
         raise ConfigError(f"the packaged source model {folder} is missing; {cfg.model.get('pretrained_hint')}")
