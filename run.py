@@ -16,9 +16,9 @@ os.environ.setdefault("ONELORA_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
+    from onelora.commands.run import run
     from onelora.run.logs import quiet_dependencies
     from onelora.run.record import job_failed
-    from onelora.run.train import run
 
     if not cfg.dry_run:  # a dry run imports neither Lightning nor the loaders: nothing to quiet, seconds saved
         quiet_dependencies()  # after Hydra configured logging: dependency chatter to run.log only

@@ -77,7 +77,8 @@ def diagnose_model(name: str, n: int):  # noqa: ANN201
 
     from onelora.peft import AdaptedLinear
     from onelora.report.sum_diagnostic import diagnose
-    from onelora.run.train import build_peft_model, ensure_pretrained
+    from onelora.run.build import build_peft_model
+    from onelora.run.train import ensure_pretrained
 
     torch.manual_seed(0)  # the random-weight configs: the same weights on every run
     task = {"vit_digits": ["task=quickstart"], "minilm_l6": ["task=sentiment"],

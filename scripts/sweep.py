@@ -19,8 +19,9 @@ import signal
 import sys
 from pathlib import Path
 
-from onelora.commands.launch import Command, choose, commands, execute, selection_commands
+from onelora.commands.launch import Command, commands, execute, selection_commands
 from onelora.report import Manifest, ManifestError, load_manifest
+from onelora.report.tuning import choose
 from onelora.run.progress import SweepDisplay
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import torch
 from helpers import ROOT, hydra_cfg
 from omegaconf import OmegaConf
 
-from onelora.costs.memory import apply_dtype_policy, estimate_training_memory, format_memory_lines, saved_activations
+from onelora.costs.memory import estimate_training_memory, format_memory_lines, saved_activations
 from onelora.data.errors import DatasetFormatError
 from onelora.data.metamath import (
     IGNORE_INDEX,
@@ -28,8 +28,10 @@ from onelora.data.metamath import (
 )
 from onelora.data.synthetic import TOKENIZER_SPECIALS, make_tokenizer, metamath_records, write_metamath
 from onelora.errors import ConfigError
+from onelora.models.dtypes import apply_dtype_policy
 from onelora.run.batching import accumulation_steps, apply_global_batch
-from onelora.run.train import build_peft_model, train
+from onelora.run.build import build_peft_model
+from onelora.run.train import train
 
 SPECIALS = TOKENIZER_SPECIALS
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from onelora.costs.memory import depth_input_hw, estimate_from_config, format_memory_lines, saved_activations
 from onelora.costs.memory_trace import _fake_mode, device_autocast
-from onelora.run.train import build_peft_model
+from onelora.run.build import build_peft_model
 
 
 # --- autocast: CUDA's op lists (aten/src/ATen/autocast_mode.h), run by torch itself on fake CUDA tensors ---------

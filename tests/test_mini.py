@@ -10,10 +10,11 @@ import pytest
 import yaml
 from helpers import ROOT, hydra_cfg
 
-from onelora.commands.launch import choose, commands, selection_commands
+from onelora.commands.launch import commands, selection_commands
 from onelora.data.classification import DigitsDataModule
 from onelora.report import load_manifest, write_report
 from onelora.report.manifest import parse_manifest
+from onelora.report.tuning import choose
 
 TABLE_S9 = ["mora1", "mora6", "bitfit", "difffit", "lora", "vera", "dora", "onelora", "onelora_norms", "full"]
 

@@ -349,16 +349,17 @@ def test_run_validates_options_before_loading_the_model(tmp_path, monkeypatch):
     """`run()` (the CLI, exit 2) rejects a bad option before any weight is loaded, in a dry run too."""
     from helpers import hydra_cfg
 
-    import onelora.run.train as train
+    import onelora.run.build
+    from onelora.commands.run import run
 
     def no_model(*_, **__):
         raise AssertionError("the model was built before the options were checked")
 
-    monkeypatch.setattr(train, "build_model", no_model)
+    monkeypatch.setattr(onelora.run.build, "build_model", no_model)
     for dry in ("false", "true"):
         overrides = ["experiment=smoke_classification", "peft=lora", "peft.options.rank=abc", f"dry_run={dry}"]
         with hydra_cfg(tmp_path, *overrides) as cfg, pytest.raises(PeftError, match="rank='abc'"):
-            train.run(cfg)
+            run(cfg)
 
 
 @pytest.mark.parametrize(

@@ -224,12 +224,13 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path: Path) -> None:
 
 
 def test_missing_data_is_said_before_any_weight_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onelora.run.build
     import onelora.run.train
 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were loaded before the data set was checked")
 
-    monkeypatch.setattr(onelora.run.train, "build_model", no_weights)
+    monkeypatch.setattr(onelora.run.build, "build_model", no_weights)
     monkeypatch.setattr(onelora.run.train, "ensure_pretrained", no_weights)
     with hydra_cfg(tmp_path, "task=mde", "peft=onelora") as cfg:
         with pytest.raises(DatasetFormatError, match=r"data nyu: .*/data/nyu/sync not found \(train_root\)"):

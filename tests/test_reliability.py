@@ -22,8 +22,9 @@ from fixtures_depth import write_nyu
 from helpers import CHILD_PATH, ROOT, hydra_cfg, write_cifar10
 
 from onelora.errors import UserError
+from onelora.run.build import build_peft_model
 from onelora.run.checkpoints import RunError, load_run
-from onelora.run.train import build_peft_model, train
+from onelora.run.train import train
 
 # checkpoints every 2 steps (this override alone), all kept; 2 epochs of 4 steps: files at steps 2, 4, 6, 8
 COMMON = (

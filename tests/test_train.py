@@ -14,8 +14,9 @@ import pytest
 import torch
 from helpers import CHILD_PATH, ROOT, hydra_cfg, write_cifar10
 
+from onelora.run.build import build_peft_model
 from onelora.run.record import effective_status
-from onelora.run.train import build_peft_model, train
+from onelora.run.train import train
 
 RECORD_FIELDS = {
     "task", "model", "peft", "data", "seed", "status", "metric_name", "metric_direction", "metric_best", "metrics",

@@ -174,7 +174,7 @@ def measure(experiment: str, method: str, settings: Settings, on_step: Callable[
     import lightning as L
     from hydra.utils import instantiate
 
-    from ..run.train import build_peft_model
+    from ..run.build import build_peft_model
     from .memory import estimate_from_config
 
     device = torch.device(_device(settings.device))

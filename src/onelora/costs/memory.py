@@ -34,45 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models.dtypes import apply_dtype_policy, to_dtype
 from .memory_trace import checkpointed_blocks, saved_activations  # noqa: F401  (saved_activations re-exported)
 
-DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-}
 GIB = 1024**3
-
-
-def to_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    try:
-        return DTYPES[str(name).removeprefix("torch.").lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}") from None
-
-
-def apply_dtype_policy(
-    model: nn.Module,
-    weights_dtype: str | torch.dtype | None = "bfloat16",
-    trainable_dtype: str | torch.dtype | None = "float32",
-) -> nn.Module:
-    """Frozen floating parameters to `weights_dtype`, trainable ones to `trainable_dtype` (None: unchanged); in place.
-
-    Buffers keep their dtype (LLaMA's RoPE frequencies stay fp32).
-    """
-    frozen, trainable = to_dtype(weights_dtype), to_dtype(trainable_dtype)
-    for p in {id(p): p for p in model.parameters()}.values():
-        target = trainable if p.requires_grad else frozen
-        if target is not None and p.is_floating_point() and p.dtype != target:
-            p.data = p.data.to(target)
-    return model
 
 
 # --- the estimate -------------------------------------------------------------------------------

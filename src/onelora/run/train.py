@@ -16,8 +16,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..errors import ConfigError, user_errors  # noqa: F401  (re-exported: onelora.run.train.ConfigError, user_errors)
-from ..models import build_model, looks_local
-from ..peft import DEFAULT_HEADS, ParameterCount, apply_peft, count_parameters, load_peft, merge_peft
+from ..models import looks_local
+from ..peft import merge_peft
+from .build import build_peft_model, peft_kwargs, peft_method
 from .progress import run_event
 from .record import (  # noqa: F401  (re-exported: the record's helpers lived here)
     RECORD,
@@ -37,41 +38,6 @@ log = logging.getLogger("onelora")
 
 
 # --- building -------------------------------------------------------------------------------
-def peft_method(cfg: DictConfig) -> str:
-    """The registry method applied: `peft.method` where a task sets its own (DiffFit without β on MDE and LLaMA-2),
-    else the config's name. Records, run folders and reports keep `peft.name`."""
-    return cfg.peft.get("method") or cfg.peft.name
-
-
-def peft_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """apply_peft's arguments from the model and peft config groups."""
-    targets = cfg.model.targets.get(cfg.peft.targets)
-    if targets is None:
-        raise ConfigError(
-            f"model {cfg.model.name} names no target modules for role {cfg.peft.targets!r} "
-            f"(peft {cfg.peft.name}); its roles: {', '.join(cfg.model.targets)}"
-        )
-    heads = list(cfg.model.get("head") or [])
-    # the task decides whether its head trains; a dry run of a model outside the task uses the model's default
-    fits = cfg.model.get("kind") in (cfg.task.get("model_kinds") or [cfg.model.get("kind")])
-    train_head = cfg.task.get("train_head", False) if fits else cfg.model.get("train_head", False)
-    return {
-        "target_modules": targets if isinstance(targets, str) else list(targets),
-        "exclude_modules": list(dict.fromkeys(DEFAULT_HEADS + heads)),
-        "head": heads if train_head else None,
-        "seed": cfg.seed,
-        **OmegaConf.to_container(cfg.peft.options, resolve=True),
-    }
-
-
-def build_peft_model(cfg: DictConfig, meta: bool = False) -> tuple[torch.nn.Module, ParameterCount]:
-    model = build_model(cfg.model, pretrained=not meta, meta=meta)
-    apply_peft(model, peft_method(cfg), **peft_kwargs(cfg))
-    if cfg.get("init_adapter"):  # save_peft's or HF peft's folder, loaded strictly (checked by the dry run too)
-        load_peft(model, cfg.init_adapter)
-    return model, count_parameters(model)
-
-
 def check_fit(cfg: DictConfig) -> None:
     kinds = list(cfg.task.get("model_kinds") or [])
     if kinds and cfg.model.get("kind") not in kinds:
@@ -79,34 +45,6 @@ def check_fit(cfg: DictConfig) -> None:
             f"model {cfg.model.name} ({cfg.model.get('kind')}) does not fit task {cfg.task.name}, "
             f"which needs a model of kind {', '.join(kinds)}; choose another model= or task="
         )
-
-
-# --- the dry run ----------------------------------------------------------------------------
-def dry_run(cfg: DictConfig) -> dict[str, int]:
-    """Build on the meta device, apply the method, print the summary; no weights, no data."""
-    model, counts = build_peft_model(cfg, meta=True)
-    lines = [
-        f"model: {cfg.model.name} ({type(model).__name__}), pretrained: {cfg.model.get('pretrained')}",
-        f"peft: {cfg.peft.name}{'' if peft_method(cfg) == cfg.peft.name else f' ({peft_method(cfg)})'}, targets: {cfg.peft.targets}, options: {OmegaConf.to_container(cfg.peft.options)}",
-        "trainable by group: " + ", ".join(f"{k}={v:,}" for k, v in sorted(counts.groups.items())),
-        f"trainable fraction: {counts.trainable / max(counts.total, 1):.6%}",
-    ]
-    values = {
-        "peft_params": counts.peft,
-        "head_params": counts.head,
-        "trainable_params": counts.trainable,
-        "total_params": counts.total,
-        "adapted_layers": counts.adapted_layers,
-    }
-    from ..costs.memory import estimate_from_config, format_memory_lines
-    from .batching import apply_global_batch
-
-    accumulation = apply_global_batch(cfg)
-    if accumulation:
-        lines.append(f"global batch {cfg.task.global_batch_size}: accumulate_grad_batches={accumulation}")
-    lines += format_memory_lines(estimate_from_config(model, cfg))
-    print("\n".join(lines + [f"{k}={v}" for k, v in values.items()]))
-    return values
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -117,20 +55,18 @@ def is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and validate as `cfg` says; returns the run record (also written to result.json)."""
+def check_config(cfg: DictConfig) -> None:
+    """The checks before anything is built: a value of the wrong type for a common key, a bad method option."""
     from ..peft import validate_peft
     from .preflight import check_values
 
     check_values(cfg)  # a value of the wrong type for a common key: one line, before anything is built
     validate_peft(peft_method(cfg), **peft_kwargs(cfg))  # a bad method option: one line, before any weight loads
-    if cfg.dry_run:
-        return dry_run(cfg)
-    return train(cfg)[0]
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
-    """`run` without the dry-run branch; also returns the trained LightningModule (None if skipped)."""
+    """Train and validate as `cfg` says; returns the run record (also written to result.json) and the trained
+    LightningModule (None if skipped)."""
     check_fit(cfg)
     from .batching import apply_global_batch
 
@@ -387,7 +323,8 @@ def make_pretrained(recipe: str, target: Path, cfg: DictConfig, *, again: bool =
         sub.paths.output_dir = sub.paths.pretrain_dir
         sub.rerun = True
         sub.export_to = str(target)
-    record = run(sub)
+    check_config(sub)
+    record = train(sub)[0]
     if record.get("status") != "ok":
         raise ConfigError(f"pre-training for {cfg.model.name} ended with status {record.get('status')}")
     return record
