@@ -25,7 +25,7 @@ from typing import IO
 from ..report.manifest import Group, Manifest
 from ..run.progress import EventTail, SweepDisplay
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)
