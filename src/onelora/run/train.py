@@ -1,4 +1,5 @@
-"""`run(cfg)`: seed, build the model and the method, fit, validate, write `result.json`.
+"""`train(cfg)`: in the run's context (`lifecycle`: the lock, the record and its status on every exit), prepare,
+build, fit and export.
 
 Everything comes from the composed Hydra config (see configs/). The run directory is
 deterministic, so re-running a command resumes from `checkpoints/last.ckpt`, and a run
@@ -15,24 +16,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..errors import ConfigError, user_errors  # noqa: F401  (re-exported: onelora.run.train.ConfigError, user_errors)
+from ..errors import ConfigError
 from ..models import looks_local
 from ..peft import merge_peft
 from .build import build_peft_model, peft_kwargs, peft_method
+from .lifecycle import Run, damaged_record, is_rank_zero, run_context
 from .progress import run_event
-from .record import (  # noqa: F401  (re-exported: the record's helpers lived here)
-    RECORD,
-    acquire_lock,
-    base_record,
-    effective_status,
-    git_sha,
-    hydra_overrides,
-    read_record,
-    release_lock,
-    versions,
-    write_json_atomic,
-)
-from .record import now as _now
+from .record import RECORD, read_record
 
 log = logging.getLogger("onelora")
 
@@ -48,13 +38,6 @@ def check_fit(cfg: DictConfig) -> None:
 
 
 # --- the run --------------------------------------------------------------------------------
-def is_rank_zero() -> bool:
-    """Global rank 0: Lightning's own view (RANK, LOCAL_RANK, SLURM_PROCID...; the global rank once a strategy set it)."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
-
-
 def check_config(cfg: DictConfig) -> None:
     """The checks before anything is built: a value of the wrong type for a common key, a bad method option."""
     from ..peft import validate_peft
@@ -67,172 +50,122 @@ def check_config(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> tuple[dict[str, Any], Any]:
     """Train and validate as `cfg` says; returns the run record (also written to result.json) and the trained
     LightningModule (None if skipped)."""
-    check_fit(cfg)
     from .batching import apply_global_batch
 
+    check_fit(cfg)
     apply_global_batch(cfg)  # the global batch is reached by accumulation, computed from micro batch and devices
-    out = Path(cfg.paths.output_dir)
-    record_path = out / RECORD
-    previous = read_record(record_path)
+    path = Path(cfg.paths.output_dir) / RECORD
+    previous = read_record(path)
     if previous and previous.get("status") == "ok" and not cfg.rerun:
         best = previous.get("metric_best")
         best_s = f"{best:.4f}" if isinstance(best, int | float) else "n/a"  # as the summary line prints it
-        print(f"already done: {record_path} ({previous.get('metric_name')}={best_s}); rerun=true to redo")
+        print(f"already done: {path} ({previous.get('metric_name')}={best_s}); rerun=true to redo")
         run_event("skip", cfg, previous)
         return previous, None
-    if (said := damaged_record(record_path, previous)) is not None:
+    if (said := damaged_record(path, previous)) is not None:
         log.warning("%s; the run resumes from its last checkpoint, which keeps its metrics", said)
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    with run_context(cfg, previous) as run:  # the lock, the record and its status on every kind of exit
+        prepare(cfg, run)
+        model, datamodule = build(cfg, run)
+        fit(cfg, run, datamodule)
+        export(cfg, run, model)
+    return run.record, run.task
 
-    from ..tasks.base import DivergedError
+
+def prepare(cfg: DictConfig, run: Run) -> None:
+    """What comes before any weight loads: the data set's files, a fresh start on rerun, the source model, threads."""
+    from ..data.synthetic import ensure_synthetic
+    from .checkpoints import set_aside_checkpoints
+    from .preflight import preflight
+
+    ensure_synthetic(cfg.data)  # a smoke experiment's tiny data set is built on first use
+    preflight(cfg)  # cheap checks (the data set's files) before any weight is loaded
+    if cfg.rerun and is_rank_zero():  # starts afresh whatever the status; old checkpoints kept aside, not deleted
+        set_aside_checkpoints(Path(cfg.paths.output_dir) / "checkpoints")
+    ensure_pretrained(cfg)
+    if cfg.get("cpu_threads"):  # after the pre-training above, which runs on its own pinned count
+        torch.set_num_threads(int(cfg.cpu_threads))
+    run.record["cpu_threads"] = torch.get_num_threads()  # the last bits of a CPU run depend on it
+    run_event("start", cfg)
+    if run.lock is not None:  # the resolved config, for tools that rebuild the run's model (scripts/math_answers.py)
+        OmegaConf.save(cfg, Path(cfg.paths.output_dir) / "config.yaml", resolve=True)
+
+
+def build(cfg: DictConfig, run: Run) -> tuple[torch.nn.Module, Any]:
+    """The model with its method, the data, the task and the Trainer (kept on `run`); returns (model, datamodule)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
     from .callbacks import EfficiencyMonitor
-    from .callbacks.preemption import EXIT_SIGTERM, Preemption, cluster_plugins
-    from .checkpoints import resume_checkpoint, set_aside_checkpoints, trained_keys
+    from .callbacks.preemption import Preemption, cluster_plugins
 
-    # one process per run directory (a second one stops here with one line); the record says `running` from now
-    lock = acquire_lock(out) if is_rank_zero() else None
-    record = base_record(cfg)
-    if previous:
-        record["started_at"] = previous.get("started_at", record["started_at"])
-    if lock is not None:
-        write_json_atomic(record_path, record)
-    monitor: EfficiencyMonitor | None = None
-    task = None
-    preemption: Preemption | None = None
-    stopped = False
-    trainer: Any = None
-    ctrl_c = False  # Lightning turns Ctrl-C into a graceful stop and sys.exit(1)
-    threads = torch.get_num_threads()  # restored at the end: cpu_threads holds for this run only
-    try:
-        from ..data.synthetic import ensure_synthetic
-        from .preflight import preflight
-
-        ensure_synthetic(cfg.data)  # a smoke experiment's tiny data set is built on first use
-        preflight(cfg)  # cheap checks (the data set's files) before any weight is loaded
-        if cfg.rerun and is_rank_zero():  # starts afresh whatever the status; old checkpoints kept aside, not deleted
-            set_aside_checkpoints(out / "checkpoints")
-        ensure_pretrained(cfg)
-        if cfg.get("cpu_threads"):  # after the pre-training above, which runs on its own pinned count
-            torch.set_num_threads(int(cfg.cpu_threads))
-        record["cpu_threads"] = torch.get_num_threads()  # the last bits of a CPU run depend on it
-        run_event("start", cfg)
-        if lock is not None:  # the resolved config, for tools that rebuild the run's model (scripts/math_answers.py)
-            OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-
-        import lightning as L
-        from hydra.utils import instantiate
-
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        model, counts = build_peft_model(cfg)
-        record.update(
-            peft_params=counts.peft,
-            head_params=counts.head,
-            trainable_params=counts.trainable,
-            total_params=counts.total,
-            adapted_layers=counts.adapted_layers,
-            params_by_group=counts.groups,
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model, counts = build_peft_model(cfg)
+    run.record.update(
+        peft_params=counts.peft,
+        head_params=counts.head,
+        trainable_params=counts.trainable,
+        total_params=counts.total,
+        adapted_layers=counts.adapted_layers,
+        params_by_group=counts.groups,
+    )
+    datamodule = instantiate(cfg.data.module)
+    run.task = instantiate(
+        cfg.task.module,
+        model=model,
+        optimizer=instantiate(cfg.task.optimizer),
+        scheduler=OmegaConf.to_container(cfg.task.scheduler) if cfg.task.get("scheduler") else None,
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    run.monitor = next((c for c in callbacks if isinstance(c, EfficiencyMonitor)), None)
+    run.preemption = Preemption()  # SIGTERM and submitit's requeue signal: checkpoint, record, exit or requeue
+    plugins = cluster_plugins()  # under SLURM: Lightning's auto-requeue off, submitit owns the signal
+    run.trainer = instantiate_trainer(cfg, [*callbacks, run.preemption], loggers, plugins)
+    for lg in loggers:
+        lg.log_hyperparams(
+            {"peft_params": counts.peft, "trainable_params": counts.trainable, "total_params": counts.total}
         )
-        datamodule = instantiate(cfg.data.module)
-        task = instantiate(
-            cfg.task.module,
-            model=model,
-            optimizer=instantiate(cfg.task.optimizer),
-            scheduler=OmegaConf.to_container(cfg.task.scheduler) if cfg.task.get("scheduler") else None,
-        )
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-        monitor = next((c for c in callbacks if isinstance(c, EfficiencyMonitor)), None)
-        preemption = Preemption()  # SIGTERM and submitit's requeue signal: checkpoint, record, exit or requeue
-        plugins = cluster_plugins()  # under SLURM: Lightning's auto-requeue off, submitit owns the signal
-        trainer = instantiate_trainer(cfg, [*callbacks, preemption], loggers, plugins)
-        for lg in loggers:
-            lg.log_hyperparams(
-                {"peft_params": counts.peft, "trainable_params": counts.trainable, "total_params": counts.total}
-            )
-        # the newest checkpoint that loads and holds every trained tensor (not only last.ckpt's target)
-        ckpt_dir = Path((cfg.get("callbacks") or {}).get("checkpoint", {}).get("dirpath") or out / "checkpoints")
-        resume = resume_checkpoint(ckpt_dir, trained_keys(task), set(task.state_dict()), set_aside=is_rank_zero())
-        if resume is not None:
-            log.info("resuming from %s", resume)
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-        if trainer.interrupted:
-            record["status"] = "interrupted"
-        else:
-            record["status"] = "ok"
-            if not task.final_metrics:  # resumed from the last checkpoint, and it predates saving the metrics
-                trainer.validate(task, datamodule=datamodule, verbose=False)
-        record["metric_best"] = task.best
-        record["metrics"] = task.final_metrics
-        if record["status"] == "ok" and task.final_eval:  # e.g. MDE's flip-averaged pass, not in the time columns
-            if monitor is not None:
-                record.update(monitor.summary())
-                monitor = None
-            task.start_final_eval()
-            trainer.validate(task, datamodule=datamodule, verbose=False)
-            record[task.final_eval] = task.final_eval_metrics
-        if record["status"] == "ok" and cfg.get("export_to"):
-            full = unsharded(model, cfg)  # every process takes part in gathering a sharded (FSDP2) model
-            if is_rank_zero():
-                export_model(full, cfg.export_to)
-                record["exported_to"] = str(cfg.export_to)
-    except DivergedError as e:
-        record.update(status="diverged", error=str(e))
-        print(f"run diverged: {e}", file=sys.stderr)
-    except SIGTERMException:  # Lightning stopped at a step end; RunCheckpoint saved a checkpoint there
-        _interrupted(record, task, "SIGTERM")
-        stopped = True
-    except KeyboardInterrupt:
+    return model, datamodule
+
+
+def fit(cfg: DictConfig, run: Run, datamodule: Any) -> None:
+    """Fit (resuming from the newest complete checkpoint), validate, and record the metrics and the status."""
+    from .checkpoints import resume_checkpoint, trained_keys
+
+    task, trainer, record = run.task, run.trainer, run.record
+    # the newest checkpoint that loads and holds every trained tensor (not only last.ckpt's target)
+    out = Path(cfg.paths.output_dir)
+    ckpt_dir = Path((cfg.get("callbacks") or {}).get("checkpoint", {}).get("dirpath") or out / "checkpoints")
+    resume = resume_checkpoint(ckpt_dir, trained_keys(task), set(task.state_dict()), set_aside=is_rank_zero())
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    if trainer.interrupted:
         record["status"] = "interrupted"
-        raise
-    except SystemExit as e:
-        if trainer is None and e.code in (130, EXIT_SIGTERM):  # the pre-training run (ensure_pretrained) was stopped
-            _interrupted(record, task, "Ctrl-C" if e.code == 130 else "SIGTERM")
-            raise
-        if trainer is None or not trainer.interrupted:
-            record.update(status="failed", error=f"SystemExit: {e}")
-            raise
-        _interrupted(record, task, "Ctrl-C")
-        ctrl_c = True
-    except BaseException as e:
-        record.update(status="failed", error=f"{type(e).__name__}: {e}")
-        if type(e).__name__ == "InstantiationException" and isinstance(e.__cause__, user_errors()):
-            raise e.__cause__ from None  # a user error raised while Hydra built an object: one line, not a traceback
-        raise
-    finally:
-        if monitor is not None:
-            record.update(monitor.summary())
-        record["finished_at"] = _now()
-        if lock is not None:
-            write_json_atomic(record_path, record)
-            release_lock(lock)
-        _finish_wandb()
-        torch.set_num_threads(threads)
-        run_event("end", cfg, record)
-    if is_rank_zero():  # one summary line, not one per DDP process
-        _print_summary(record, record_path)
-    if ctrl_c:
-        sys.exit(130)  # as a shell reports a process ended by SIGINT; a multirun stops here
-    if stopped:
-        if preemption is not None:
-            preemption.requeue()  # under submitit, after its requeue signal: requeue the job and exit
-        sys.exit(EXIT_SIGTERM)  # 143, as if SIGTERM had ended the process, so schedulers see a stopped job
-    return record, task
+    else:
+        record["status"] = "ok"
+        if not task.final_metrics:  # resumed from the last checkpoint, and it predates saving the metrics
+            trainer.validate(task, datamodule=datamodule, verbose=False)
+    record["metric_best"] = task.best
+    record["metrics"] = task.final_metrics
+    if record["status"] == "ok" and task.final_eval:  # e.g. MDE's flip-averaged pass, not in the time columns
+        if run.monitor is not None:
+            record.update(run.monitor.summary())
+            run.monitor = None
+        task.start_final_eval()
+        trainer.validate(task, datamodule=datamodule, verbose=False)
+        record[task.final_eval] = task.final_eval_metrics
 
 
-def damaged_record(path: Path, previous: dict[str, Any] | None) -> str | None:
-    """What is wrong with a run's previous record, if it is damaged: not a JSON record, or `running` while its
-    process is gone (killed after its last checkpoint, or before it)."""
-    if previous is None and path.exists():
-        return f"{path} is damaged (not a JSON record)"
-    if previous and previous.get("status") == "running" and effective_status(previous) == "interrupted":
-        return f"{path} says running, but its process {previous.get('pid')} is gone"
-    return None
-
-
-def _interrupted(record: dict[str, Any], task: Any, by: str) -> None:
-    """A run stopped by a signal: resumable, with what it had measured so far."""
-    record.update(status="interrupted", error=f"stopped by {by}; re-running the same command resumes")
-    record.update(metric_best=getattr(task, "best", None), metrics=getattr(task, "final_metrics", {}))
+def export(cfg: DictConfig, run: Run, model: torch.nn.Module) -> None:
+    """After an ok run with `export_to=`: the merged model, `from_pretrained`-loadable (how source models are made)."""
+    if run.record["status"] != "ok" or not cfg.get("export_to"):
+        return
+    full = unsharded(model, cfg)  # every process takes part in gathering a sharded (FSDP2) model
+    if is_rank_zero():
+        export_model(full, cfg.export_to)
+        run.record["exported_to"] = str(cfg.export_to)
 
 
 def instantiate_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any], plugins: list[Any]) -> Any:
@@ -328,21 +261,3 @@ def make_pretrained(recipe: str, target: Path, cfg: DictConfig, *, again: bool =
     if record.get("status") != "ok":
         raise ConfigError(f"pre-training for {cfg.model.name} ended with status {record.get('status')}")
     return record
-
-
-def _finish_wandb() -> None:
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish()
-
-
-def _print_summary(record: dict[str, Any], path: Path) -> None:
-    best = record.get("metric_best")
-    best_s = "n/a" if best is None else f"{best:.4f}"
-    print(
-        f"{record['status']}: {record['task']} {record['model']} {record['peft']} seed={record['seed']} | "
-        f"{record['metric_name']} best={best_s} | time {record.get('time_total_s', 0):.1f}s | "
-        f"trainable {record.get('trainable_params', 0):,} (peft {record.get('peft_params', 0):,}) | record {path}"
-    )
