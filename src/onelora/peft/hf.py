@@ -12,6 +12,10 @@ In Python: `apply_peft(model, "hf_miss_r1", config_class="MissConfig", config={"
 `apply_peft` selects become peft's `target_modules` (their full names), the seed seeds peft's random
 initialisations, and peft keeps its adapters in fp32 on a bf16 model (`autocast_adapter_dtype`) as we do.
 peft's own layers stay in the model (no `PeftModel` wrapper around it), so tasks see the same model.
+
+What the family does itself, since peft builds its layers (inject, merge, switch off, count, refuse a model that
+peft modified outside the suite, save in peft's format), is its `HOOKS`, registered with the prefix `hf_`: the
+library's API calls them and knows nothing of peft.
 """
 
 from __future__ import annotations
