@@ -16,9 +16,9 @@ os.environ.setdefault("ONELORA_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from onelora.logs import quiet_dependencies
-    from onelora.record import job_failed
-    from onelora.train import run
+    from onelora.commands.run import run
+    from onelora.run.logs import quiet_dependencies
+    from onelora.run.record import job_failed
 
     if not cfg.dry_run:  # a dry run imports neither Lightning nor the loaders: nothing to quiet, seconds saved
         quiet_dependencies()  # after Hydra configured logging: dependency chatter to run.log only
@@ -42,6 +42,6 @@ if __name__ == "__main__":
         print(f"error: {line}", file=sys.stderr)
         multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
         sys.exit(1 if multirun else 2)  # a multirun's exit code counts failed jobs: one that never composed counts one
-    from onelora.record import sweep_exit_code
+    from onelora.run.record import sweep_exit_code
 
     sys.exit(sweep_exit_code())  # after a multirun: how many jobs did not end ok

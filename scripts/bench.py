@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from onelora.bench import (
+from onelora.costs.bench import (
     OURS,
     PEERS,
     depth_stack,
@@ -36,7 +36,7 @@ from onelora.bench import (
     run_benchmark,
     vit_stack,
 )
-from onelora.bench_widths import LLAMA_WIDTHS, PAPER_BLOCKS, sweep_plot, sweep_table, width_sweep
+from onelora.costs.bench_widths import LLAMA_WIDTHS, PAPER_BLOCKS, sweep_plot, sweep_table, width_sweep
 from onelora.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

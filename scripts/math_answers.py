@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from hydra.utils import instantiate
 
-    from onelora.checkpoints import RunError, load_run, load_run_config
     from onelora.data.metamath import _valid
+    from onelora.run.checkpoints import RunError, load_run, load_run_config
 
     run_dir = args.run_dir.resolve()
     ckpt = args.ckpt or run_dir / "checkpoints" / "last.ckpt"

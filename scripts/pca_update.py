@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import lightning as L
 
-    from onelora.checkpoints import RunError, load_run
-    from onelora.logs import quiet_dependencies
     from onelora.models import build_model
     from onelora.report.pca import LABELS, alignment_figure, update_alignment
+    from onelora.run.checkpoints import RunError, load_run
+    from onelora.run.logs import quiet_dependencies
 
     quiet_dependencies()  # no transformers loading bars between the script's lines
     try:

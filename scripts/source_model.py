@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from onelora.assets import ROOT as ASSETS
     from onelora.assets import sha256
     from onelora.errors import user_errors
-    from onelora.logs import quiet_dependencies
-    from onelora.train import make_pretrained
+    from onelora.run.logs import quiet_dependencies
+    from onelora.run.train import make_pretrained
 
     quiet_dependencies()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

@@ -77,7 +77,8 @@ def diagnose_model(name: str, n: int):  # noqa: ANN201
 
     from onelora.peft import AdaptedLinear
     from onelora.report.sum_diagnostic import diagnose
-    from onelora.train import build_peft_model, ensure_pretrained
+    from onelora.run.build import build_peft_model
+    from onelora.run.train import ensure_pretrained
 
     torch.manual_seed(0)  # the random-weight configs: the same weights on every run
     task = {"vit_digits": ["task=quickstart"], "minilm_l6": ["task=sentiment"],
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from onelora.errors import user_errors
-    from onelora.logs import quiet_dependencies
     from onelora.report.sum_diagnostic import by_type, figure
+    from onelora.run.logs import quiet_dependencies
 
     quiet_dependencies()
 

@@ -5,7 +5,7 @@
     python scripts/sweep.py mini --progress --jobs 2     # one progress bar; two multiruns at a time
 
 runs `python run.py -m experiment=<exp> peft=<m1,m2,...> seed=<0,1,...> <manifest overrides> <extra args>`.
-A manifest with `tune` first runs its selection sweep, then each method at its chosen value (onelora.launch).
+A manifest with `tune` first runs its selection sweep, then each method at its chosen value (onelora.commands.launch).
 With --progress each multirun's output is appended to <runs_dir>/sweep-<k>.log and the terminal shows one bar over
 the runs and one line per finished run. Every group runs whatever happened to the others; the exit code is
 the number of jobs that failed (a multirun that crashed counts one), at most 125. Ctrl-C (or `kill`) stops every
@@ -19,9 +19,10 @@ import signal
 import sys
 from pathlib import Path
 
-from onelora.launch import Command, choose, commands, execute, selection_commands
-from onelora.progress import SweepDisplay
+from onelora.commands.launch import Command, commands, execute, selection_commands
 from onelora.report import Manifest, ManifestError, load_manifest
+from onelora.report.tuning import choose
+from onelora.run.progress import SweepDisplay
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,9 @@ from onelora.data.synthetic import write_cifar10  # noqa: F401  (re-exported for
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+# a child process (run.py, scripts/) imports the tests' helpers and this clone's own sources, not whichever
+# checkout the environment's editable install points at
+CHILD_PATH = os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src")])
 
 
 @contextmanager

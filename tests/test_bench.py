@@ -84,7 +84,7 @@ def test_width_sweep_counts_four_ops_and_one_scalar_per_token_and_layer(tmp_path
 
 def test_hf_peers_build_without_warnings() -> None:
     """HF peft asks transformers' deprecated `is_gradient_checkpointing` (a FutureWarning on the bench's screen)."""
-    from onelora.bench import hf_peft, llama_stack
+    from onelora.costs.bench import hf_peft, llama_stack
 
     for method in ("lora", "miss"):
         with warnings.catch_warnings(record=True) as caught:
@@ -96,7 +96,7 @@ def test_hf_peers_build_without_warnings() -> None:
 def test_step_clock_times_cuda_steps_with_events(monkeypatch) -> None:
     """The GPU path (`make bench DEVICE=cuda`) on CPU: the clock records two CUDA events around the step, waits for
     the second and reads their elapsed milliseconds; it never reads the host's clock."""
-    from onelora.bench import StepClock
+    from onelora.costs.bench import StepClock
 
     calls: list[str] = []
 
@@ -128,7 +128,7 @@ def test_compile_fullgraph_no_break_same_gradients(model: str) -> None:
     bit (AOTAutograd traces the custom Function's forward and backward; `aot_eager` runs them without codegen)."""
     import torch._dynamo as dynamo
 
-    from onelora.bench import llama_stack, vit_stack
+    from onelora.costs.bench import llama_stack, vit_stack
     from onelora.peft import apply_peft
 
     spec = llama_stack(64, 2, 2, 16) if model == "llama" else vit_stack(64, 2, 2, 32)
@@ -156,7 +156,7 @@ def test_compile_fullgraph_no_break_same_gradients(model: str) -> None:
 def test_compiled_rows_time_the_compiled_model() -> None:
     """`--compile`: a row per method under torch.compile(fullgraph=True), timed, its ops and saved bytes left out
     (inductor's kernels are no aten ops); `aot_eager` here, inductor's C++ build takes minutes on this CPU."""
-    from onelora.bench import llama_stack, markdown_table, run_benchmark
+    from onelora.costs.bench import llama_stack, markdown_table, run_benchmark
 
     rows = run_benchmark(llama_stack(32, 1, 2, 16), ["bitfit", "onelora"], [], repeats=1, compiled=["onelora"],
                          estimate=False, infer=False, compile_backend="aot_eager")  # fmt: skip

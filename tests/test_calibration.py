@@ -12,7 +12,7 @@ from helpers import ROOT, hydra_cfg, write_cifar10
 from PIL import Image
 
 from onelora.report.calibration import expected_calibration_error
-from onelora.train import train
+from onelora.run.train import train
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import calibration  # noqa: E402

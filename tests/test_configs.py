@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import CONFIGS, FORMULAS, ROOT, hydra_cfg
 
+from onelora.commands.run import dry_run
 from onelora.peft import available_methods
-from onelora.train import dry_run
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 PEFT_NAMES = sorted(p.stem for p in (CONFIGS / "peft").glob("*.yaml"))
@@ -195,7 +195,7 @@ def test_difffit_in_the_paper_experiments_is_gamma_and_norms(
     """The paper's DiffFit on Depth Anything and LLaMA-2 trains γ and the norms, no new β: d per adapted layer plus
     the norm layers' parameters, written from the architectures. On LLaMA-2 that is ~2% below the paper's rounded
     figures (README); `peft.method=difffit` keeps Table 1's γ + β + norms."""
-    from onelora.train import build_peft_model
+    from onelora.run.build import build_peft_model
 
     layers, norms = MODELS[model]
     gamma = sum(d for _, d in layers)
@@ -216,7 +216,7 @@ def test_difffit_in_the_paper_experiments_is_gamma_and_norms(
 def test_difffit_keeps_beta_on_vit(tmp_path: Path) -> None:
     """ViT-B's DiffFit count in Table S9 includes β (817.15K = 4 × (2 × 82,944 + 38,400), the paper printing fp32
     bytes there): no task-specific method for classification (nor generation, Table S8's 1.09M)."""
-    from onelora.train import build_peft_model
+    from onelora.run.build import build_peft_model
 
     layers, norms = MODELS["vit_base_in21k"]
     with hydra_cfg(tmp_path, "experiment=cls_cifar10", "peft=difffit") as cfg:

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from helpers import hydra_cfg
 
+from onelora.commands.run import dry_run
 from onelora.costs import COLUMNS, Settings, run_costs, write_outputs
 from onelora.report.manifest import PAPER_DIR, load_manifest
-from onelora.train import dry_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

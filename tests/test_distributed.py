@@ -14,8 +14,8 @@ import torch
 from helpers import ROOT, hydra_cfg
 from torch.utils.data import DataLoader, DistributedSampler
 
+from onelora.run.train import train
 from onelora.tasks.base import PeftTask
-from onelora.train import train
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 7])

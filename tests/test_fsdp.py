@@ -21,7 +21,8 @@ import torch
 from helpers import ROOT, hydra_cfg
 from safetensors.torch import load_file
 
-from onelora.train import build_peft_model, train
+from onelora.run.build import build_peft_model
+from onelora.run.train import train
 
 # global batch 4 = micro 1 x 4 accumulated on one process = micro 1 x 2 processes x 2 accumulated; 2 optimizer
 # steps per epoch either way (8 micro-batches on one process, 4 on each of two); a checkpoint at every step. All
@@ -102,8 +103,8 @@ def test_fsdp2_units_keep_one_process_gradients_over_bf16_weights(tmp_path: Path
     from hydra.utils import instantiate
     from torch.distributed.device_mesh import init_device_mesh
 
-    from onelora.memory import apply_dtype_policy
-    from onelora.strategies import shard_units
+    from onelora.models.dtypes import apply_dtype_policy
+    from onelora.run.strategies import shard_units
 
     with hydra_cfg(tmp_path, "experiment=smoke_math", "trainer=fsdp2", "peft=lora", "peft.options.dropout=0") as cfg:
         model, _ = build_peft_model(cfg)

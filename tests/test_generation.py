@@ -18,6 +18,7 @@ import torch
 from helpers import ROOT, hydra_cfg
 from PIL import Image
 
+from onelora.commands.run import dry_run
 from onelora.data.errors import DatasetFormatError
 from onelora.data.food101 import Food101DataModule, center_crop_arr, read_food101, to_tensor
 from onelora.data.synthetic import FOOD_CLASSES as CLASSES
@@ -26,9 +27,10 @@ from onelora.errors import ConfigError
 from onelora.models import build_model
 from onelora.models.dit import class_embedder, embeddings_shared, share_dit_embeddings
 from onelora.peft import AdaptedLinear
+from onelora.run.build import build_peft_model
+from onelora.run.train import train
 from onelora.tasks.diffusion import ParameterEMA, classifier_free_guidance, guided_channel_count, to_uint8
 from onelora.tasks.generation import GenerationTask, RandomConvFeatures, VariationalBound
-from onelora.train import build_peft_model, dry_run, train
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from onelora.logs import ConsoleFilter, quiet_dependencies
+from onelora.run.logs import ConsoleFilter, quiet_dependencies
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import torch
 from helpers import ROOT, hydra_cfg
 from omegaconf import OmegaConf
 
-from onelora.batching import accumulation_steps, apply_global_batch
+from onelora.costs.memory import estimate_training_memory, format_memory_lines, saved_activations
 from onelora.data.errors import DatasetFormatError
 from onelora.data.metamath import (
     IGNORE_INDEX,
@@ -28,8 +28,10 @@ from onelora.data.metamath import (
 )
 from onelora.data.synthetic import TOKENIZER_SPECIALS, make_tokenizer, metamath_records, write_metamath
 from onelora.errors import ConfigError
-from onelora.memory import apply_dtype_policy, estimate_training_memory, format_memory_lines, saved_activations
-from onelora.train import build_peft_model, train
+from onelora.models.dtypes import apply_dtype_policy
+from onelora.run.batching import accumulation_steps, apply_global_batch
+from onelora.run.build import build_peft_model
+from onelora.run.train import train
 
 SPECIALS = TOKENIZER_SPECIALS
 
@@ -416,7 +418,7 @@ def test_fsdp_dtype_check_names_methods_that_cannot_be_flattened(tmp_path: Path)
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     from onelora.peft import Adapter
-    from onelora.strategies import check_uniform_dtypes
+    from onelora.run.strategies import check_uniform_dtypes
 
     for method, ok in (("onelora", True), ("lora_qkv", True), ("bitfit", False)):
         with hydra_cfg(tmp_path, "experiment=smoke_math", f"peft={method}") as cfg:
@@ -485,7 +487,7 @@ def test_estimate_terms_and_checkpointing() -> None:
 
 def test_figure4_lora_on_all_layers_needs_more_memory_than_lora_qkv_and_onelora(tmp_path: Path) -> None:
     """LLaMA-2 13B, micro-batch 2 × 512 tokens, bf16 (the paper's Figure 4 argument), on the meta device."""
-    from onelora.memory import estimate_from_config
+    from onelora.costs.memory import estimate_from_config
 
     total = {}
     for method in ("lora", "lora_qkv", "onelora"):

@@ -12,11 +12,12 @@ from helpers import hydra_cfg
 from hydra.utils import instantiate
 from transformers import DepthAnythingForDepthEstimation
 
+from onelora.commands.run import dry_run
 from onelora.data.depth import DepthDataModule, network_input_size, warn_max_depth_mismatch
 from onelora.data.errors import DatasetFormatError
 from onelora.models import ModelError, build_model
+from onelora.run.train import train
 from onelora.tasks.depth import DepthTask
-from onelora.train import dry_run, train
 
 # the tiny model's adapted layers: 2 DINOv2 blocks of q, k, v, o (32 -> 32), fc1 (32 -> 64), fc2 (64 -> 32)
 TINY_LAYERS = 2 * ([(32, 32)] * 4 + [(32, 64), (64, 32)])

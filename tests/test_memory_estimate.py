@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from helpers import hydra_cfg
 from torch import nn
 
-from onelora.memory import depth_input_hw, estimate_from_config, format_memory_lines, saved_activations
-from onelora.memory_trace import _fake_mode, device_autocast
-from onelora.train import build_peft_model
+from onelora.costs.memory import depth_input_hw, estimate_from_config, format_memory_lines, saved_activations
+from onelora.costs.memory_trace import _fake_mode, device_autocast
+from onelora.run.build import build_peft_model
 
 
 # --- autocast: CUDA's op lists (aten/src/ATen/autocast_mode.h), run by torch itself on fake CUDA tensors ---------
@@ -166,7 +166,7 @@ def test_meta_trace_equals_a_real_cpu_trace(method: str, tmp_path: Path) -> None
 
 
 def test_largest_fitting_batch_is_linear_in_the_micro_batch(tmp_path: Path) -> None:
-    from onelora.memory import largest_fitting_batch
+    from onelora.costs.memory import largest_fitting_batch
 
     with hydra_cfg(tmp_path, "experiment=math_llama2_13b", "model=llama_tiny", "peft=lora", "dry_run=true") as cfg:
         model, _ = build_peft_model(cfg, meta=True)
@@ -181,7 +181,7 @@ def test_largest_fitting_batch_is_linear_in_the_micro_batch(tmp_path: Path) -> N
 
 
 def test_bench_depth_stack_uses_the_datas_input_size() -> None:
-    from onelora.bench import depth_stack
+    from onelora.costs.bench import depth_stack
 
     spec = depth_stack("kitti", hidden=32, layers=1, batch=1)
     assert spec.inputs(torch.device("cpu"), torch.float32)["pixel_values"].shape[-2:] == (392, 518)

@@ -10,10 +10,11 @@ import pytest
 import yaml
 from helpers import ROOT, hydra_cfg
 
+from onelora.commands.launch import commands, selection_commands
 from onelora.data.classification import DigitsDataModule
-from onelora.launch import choose, commands, selection_commands
 from onelora.report import load_manifest, write_report
 from onelora.report.manifest import parse_manifest
+from onelora.report.tuning import choose
 
 TABLE_S9 = ["mora1", "mora6", "bitfit", "difffit", "lora", "vera", "dora", "onelora", "onelora_norms", "full"]
 
@@ -107,13 +108,13 @@ def test_parallel_multiruns_wait_for_the_shared_pretraining_and_report_to_one_ba
     import io
     import sys
 
-    from onelora.launch import Command, execute
-    from onelora.progress import SweepDisplay
+    from onelora.commands.launch import Command, execute
+    from onelora.run.progress import SweepDisplay
 
     def fake(label: str, pretrain: bool, rc: int = 0) -> Command:
-        # a stand-in multirun: writes when it started, then the events a run writes (onelora.progress.emit)
+        # a stand-in multirun: writes when it started, then the events a run writes (onelora.run.progress.emit)
         code = (
-            "import time; from onelora.progress import emit\n"
+            "import time; from onelora.run.progress import emit\n"
             f"open({str(tmp_path / label)!r}, 'w').write(repr(time.time()))\n"
             + ("emit('start', pretraining=True); time.sleep(0.6); emit('end', pretraining=True, best=0.9)\n"
                if pretrain else "")

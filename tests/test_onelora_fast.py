@@ -159,7 +159,7 @@ def test_training_step_costs_bitfit_plus_four_ops_per_layer(shape: tuple[int, ..
     """The kernel count, which a GPU pays per op at any width: forward + backward of two adapted layers (input
     gradient included), counted by the profiler. The floor is the forward's sum and multiply-add and the
     backward's gᵀs and g b; a no-op cast or an extra pass over an activation adds ops and fails here."""
-    from onelora.opcount import top_level_ops
+    from onelora.costs.opcount import top_level_ops
 
     x = torch.randn(*shape, requires_grad=True)
     assert use_merged_weight(x, torch.zeros(256, 256), torch.zeros(256)) is merged

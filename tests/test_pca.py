@@ -12,7 +12,7 @@ import torch
 from helpers import ROOT, hydra_cfg, write_cifar10
 
 from onelora.report.pca import layer_type, principal_alignment
-from onelora.train import train
+from onelora.run.train import train
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import pca_update  # noqa: E402

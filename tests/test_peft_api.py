@@ -17,10 +17,12 @@ from torch import nn
 
 from onelora.peft import (
     AdaptedLinear,
+    Adapter,
     PeftError,
     apply_peft,
     available_methods,
     count_parameters,
+    disable_peft,
     load_peft,
     merge_peft,
     save_peft,
@@ -349,16 +351,17 @@ def test_run_validates_options_before_loading_the_model(tmp_path, monkeypatch):
     """`run()` (the CLI, exit 2) rejects a bad option before any weight is loaded, in a dry run too."""
     from helpers import hydra_cfg
 
-    import onelora.train as train
+    import onelora.run.build
+    from onelora.commands.run import run
 
     def no_model(*_, **__):
         raise AssertionError("the model was built before the options were checked")
 
-    monkeypatch.setattr(train, "build_model", no_model)
+    monkeypatch.setattr(onelora.run.build, "build_model", no_model)
     for dry in ("false", "true"):
         overrides = ["experiment=smoke_classification", "peft=lora", "peft.options.rank=abc", f"dry_run={dry}"]
         with hydra_cfg(tmp_path, *overrides) as cfg, pytest.raises(PeftError, match="rank='abc'"):
-            train.run(cfg)
+            run(cfg)
 
 
 @pytest.mark.parametrize(
@@ -481,3 +484,87 @@ def test_bf16_llama_onelora_grad_matches_fp64(peft_base_models):
     assert ((got - want).norm() / want.norm()).item() < 0.1
     for m, b_ref in zip(layers, bs_ref):
         assert torch.nn.functional.cosine_similarity(m.adapter.b.grad.double(), b_ref.grad, dim=0) > 0.99
+
+
+# --- a family of methods that builds its own layers: api.py only calls its hooks --------------------------------
+class _ToyLayer(nn.Module):
+    """A family's own layer, not an AdaptedLayer: the base layer's output plus a trained offset `delta.value`."""
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base, self.delta, self.on = base, nn.Module(), True
+        self.delta.value = nn.Parameter(torch.full((base.out_features,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (self.delta.value if self.on else 0)
+
+
+def _toy_family(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Register the family `toy_*` for this test only; returns the log of the hooks that ran."""
+    from contextlib import contextmanager
+
+    from onelora.peft import registry
+
+    calls: list[str] = []
+
+    def inject(model: nn.Module, names: list[str], *, seed: int, dtype: torch.dtype) -> int:
+        for n in names:
+            parent, _, child = n.rpartition(".")
+            setattr(model.get_submodule(parent), child, _ToyLayer(model.get_submodule(n)))
+        calls.append("inject")
+        return len(names)
+
+    def merge(model: nn.Module) -> None:
+        for n, m in list(model.named_modules()):
+            if isinstance(m, _ToyLayer):
+                m.base.bias.data += m.delta.value.data
+                parent, _, child = n.rpartition(".")
+                setattr(model.get_submodule(parent), child, m.base)
+        calls.append("merge")
+
+    @contextmanager
+    def disable(model: nn.Module):  # noqa: ANN202
+        layers = [m for m in model.modules() if isinstance(m, _ToyLayer)]
+        for m in layers:
+            m.on = False
+        yield
+        for m in layers:
+            m.on = True
+
+    class ToyOptions(Adapter):
+        def __init__(self, layer: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+            raise AssertionError("the family builds its own layers")
+
+    hooks = registry.FamilyHooks(
+        inject=inject,
+        merge=merge,
+        disable=disable,
+        is_layer=lambda m: isinstance(m, _ToyLayer),
+        in_adapter=lambda model, name: name.rsplit(".", 1)[-1] == "delta",
+        refuse=lambda model, what: None,
+        save=lambda model: (None, {}),
+    )
+    monkeypatch.setattr(registry, "FAMILIES", dict(registry.FAMILIES))
+    registry.register_family("toy_", ToyOptions, hooks, doc="a test family")
+    return calls
+
+
+def test_a_family_of_its_own_layers_needs_only_its_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply, count, disable and merge a family whose layers the library does not know, through its hooks alone."""
+    calls = _toy_family(monkeypatch)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+    base_out = model(x)
+    apply_peft(model, "toy_any")
+    assert calls == ["inject"] and model.peft_config["adapted_layers"] == 2
+    counts = count_parameters(model)
+    assert (counts.adapted_layers, counts.trainable, counts.groups) == (2, 3 + 2, {"adapter": 3 + 2})
+    adapted_out = model(x)
+    assert not torch.allclose(adapted_out, base_out)
+    with disable_peft(model):
+        torch.testing.assert_close(model(x), base_out)
+    torch.testing.assert_close(model(x), adapted_out)
+    merge_peft(model)
+    assert calls == ["inject", "merge"] and not any(isinstance(m, _ToyLayer) for m in model.modules())
+    torch.testing.assert_close(model(x), adapted_out)

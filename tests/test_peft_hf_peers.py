@@ -17,6 +17,7 @@ from helpers import CONFIGS, hydra_cfg, write_cifar10
 pytest.importorskip("peft")
 from peft import PeftModel  # noqa: E402
 
+from onelora.commands.run import dry_run, run  # noqa: E402
 from onelora.errors import user_errors  # noqa: E402
 from onelora.models import build_model  # noqa: E402
 from onelora.peft import (  # noqa: E402
@@ -28,7 +29,8 @@ from onelora.peft import (  # noqa: E402
     merge_peft,
     save_peft,
 )
-from onelora.train import build_peft_model, dry_run, run, train  # noqa: E402
+from onelora.run.build import build_peft_model  # noqa: E402
+from onelora.run.train import train  # noqa: E402
 
 PAPER_MODELS = ["vit_base_in21k", "depth_anything_large", "llama2_7b", "llama2_13b", "dit_xl_2_256"]
 HF_CONFIGS = sorted(p.stem for p in (CONFIGS / "peft").glob("hf_*.yaml"))

@@ -160,7 +160,7 @@ def test_refused_up_front_never_wrapped():
 
 def test_qlora_bench_tiny_llama():
     """`make bench`'s 4-bit Llama stack: 1LoRA vs LoRA r=1 on NF4 weights, with exact counts and ratios to LoRA."""
-    from onelora.bench import llama_stack, qlora_benchmark, qlora_table
+    from onelora.costs.bench import llama_stack, qlora_benchmark, qlora_table
 
     spec = llama_stack(hidden=32, layers=2, batch=2, seq=16)
     rows = {r["method"]: r for r in qlora_benchmark(spec, repeats=1)}

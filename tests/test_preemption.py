@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers import ROOT, hydra_cfg
 
-from onelora.train import train
+from onelora.run.train import train
 
 LR = (
     "+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor",

@@ -249,7 +249,7 @@ def test_onelora_export_loads_in_hf_peft_with_equal_outputs(which, minilm, smoll
 
 # --- one seeded training step of each task ------------------------------------------------------------------
 def _step(tmp_path: Path, movie_data: Path, *overrides: str) -> dict:
-    from onelora.train import train
+    from onelora.run.train import train
 
     with hydra_cfg(
         tmp_path, *overrides, "trainer=cpu", "logger=none", "trainer.max_steps=1", "trainer.limit_val_batches=1",

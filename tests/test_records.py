@@ -15,15 +15,15 @@ from pathlib import Path
 import lightning as L
 import pytest
 import yaml
-from helpers import ROOT, hydra_cfg, write_cifar10
+from helpers import CHILD_PATH, ROOT, hydra_cfg, write_cifar10
 
 from onelora.errors import DatasetFormatError, RunDirError
-from onelora.record import LOCK, acquire_lock, effective_status, read_record, release_lock
 from onelora.report import write_report
-from onelora.train import train
+from onelora.run.record import LOCK, acquire_lock, effective_status, read_record, release_lock
+from onelora.run.train import train
 
 HOST = socket.gethostname()
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "HF_HUB_OFFLINE": "1"}
+ENV = {**os.environ, "PYTHONPATH": CHILD_PATH, "HF_HUB_OFFLINE": "1"}
 
 
 class RecordProbe(L.Callback):
@@ -190,7 +190,7 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path: Path) -> None:
     import signal
     import time
 
-    from onelora.record import pid_alive
+    from onelora.run.record import pid_alive
 
     manifest = tmp_path / "two_runs.yaml"
     manifest.write_text(yaml.safe_dump({"title": "two runs", "experiment": "smoke_classification",
@@ -224,13 +224,14 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path: Path) -> None:
 
 
 def test_missing_data_is_said_before_any_weight_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import onelora.train
+    import onelora.run.build
+    import onelora.run.train
 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were loaded before the data set was checked")
 
-    monkeypatch.setattr(onelora.train, "build_model", no_weights)
-    monkeypatch.setattr(onelora.train, "ensure_pretrained", no_weights)
+    monkeypatch.setattr(onelora.run.build, "build_model", no_weights)
+    monkeypatch.setattr(onelora.run.train, "ensure_pretrained", no_weights)
     with hydra_cfg(tmp_path, "task=mde", "peft=onelora") as cfg:
         with pytest.raises(DatasetFormatError, match=r"data nyu: .*/data/nyu/sync not found \(train_root\)"):
             train(cfg)
@@ -241,7 +242,7 @@ def test_missing_data_is_said_before_any_weight_loads(tmp_path: Path, monkeypatc
 def test_the_hub_goes_offline_when_the_files_are_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
-    from onelora.preflight import offline_if_cached
+    from onelora.run.preflight import offline_if_cached
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -264,8 +265,8 @@ def test_a_long_override_list_names_a_folder_that_fits(cifar: Path) -> None:
     override, and a report tells the two jobs apart by their overrides."""
     import hashlib
 
-    from onelora.record import MAX_DIRNAME, spell_bools
     from onelora.report.aggregate import config_key, sweep_axes
+    from onelora.run.record import MAX_DIRNAME, spell_bools
 
     settings = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
                 "trainer.gradient_clip_val=1.0", "trainer.num_sanity_val_steps=0", "trainer.check_val_every_n_epoch=1",

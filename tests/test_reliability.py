@@ -19,11 +19,12 @@ import lightning as L
 import pytest
 import torch
 from fixtures_depth import write_nyu
-from helpers import ROOT, hydra_cfg, write_cifar10
+from helpers import CHILD_PATH, ROOT, hydra_cfg, write_cifar10
 
-from onelora.checkpoints import RunError, load_run
 from onelora.errors import UserError
-from onelora.train import build_peft_model, train
+from onelora.run.build import build_peft_model
+from onelora.run.checkpoints import RunError, load_run
+from onelora.run.train import train
 
 # checkpoints every 2 steps (this override alone), all kept; 2 epochs of 4 steps: files at steps 2, 4, 6, 8
 COMMON = (
@@ -47,7 +48,7 @@ def _kill_at(step: int) -> list[str]:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "HYDRA_FULL_ERROR": "1"}
+    env = {**os.environ, "PYTHONPATH": CHILD_PATH, "HYDRA_FULL_ERROR": "1"}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=300)  # fmt: skip
 
@@ -122,7 +123,7 @@ def test_sigterm_requeue_and_kill9_resume_exactly(straight: tuple[dict, Path], t
 def test_lightning_auto_requeue_is_off_under_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    from onelora.callbacks.preemption import cluster_plugins
+    from onelora.run.callbacks.preemption import cluster_plugins
 
     assert cluster_plugins() == []
     for k, v in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "onelora", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
@@ -174,7 +175,7 @@ def test_truncated_last_ckpt_falls_back(
 
 
 def test_no_loadable_checkpoint_starts_afresh_saying_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from onelora.checkpoints import resume_checkpoint
+    from onelora.run.checkpoints import resume_checkpoint
 
     (tmp_path / "epoch=0-step=2.ckpt").write_bytes(b"PK\x03\x04 cut short")
     (tmp_path / "last.ckpt").symlink_to("epoch=0-step=2.ckpt")
@@ -233,7 +234,7 @@ def test_ddp_full_finetuning_on_two_cpu_processes(tmp_path: Path) -> None:
 
 
 def test_ddp_finds_unused_parameters_only_for_full_finetuning(tmp_path: Path) -> None:
-    from onelora.strategies import trains_own_weights
+    from onelora.run.strategies import trains_own_weights
 
     for method, expected in (("full", True), ("onelora", False), ("lora", False), ("bitfit", False)):
         with hydra_cfg(tmp_path, "experiment=smoke_mde", f"peft={method}") as cfg:

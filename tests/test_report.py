@@ -329,7 +329,7 @@ def test_cpu_runs_show_seconds_and_peak_rss(tmp_path):
 
 
 def test_run_folder_names_spell_booleans_one_way():
-    from onelora.record import run_dirname
+    from onelora.run.record import run_dirname
 
     # a multirun writes what Hydra's sweeper prints (False), a single run what was typed (false): one name for both
     assert run_dirname("model.pretrained=null,trainer.enable_progress_bar=False") == (

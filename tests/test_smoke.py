@@ -28,7 +28,7 @@ def test_every_smoke_experiment_runs_through_run_py_from_a_fresh_data_dir(tmp_pa
     for folder in ("depth_synthetic", "metamath_synthetic", "food101_synthetic", "cifar_synthetic"):
         assert f"written to {tmp_path / 'data' / folder}" in proc.stdout  # one line says where it went
     # the screen: the suite's lines only; Lightning's lines, its advert, dependency warnings and progress bars
-    # went to each run's log file (onelora.logs), which keeps them
+    # went to each run's log file (onelora.run.logs), which keeps them
     screen = proc.stdout + proc.stderr
     for noise in ("INFO:", "💡", "deprecated", "Loading weights", "GPU available", "Trainer.fit` stopped"):
         assert noise not in screen, noise

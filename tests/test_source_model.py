@@ -20,7 +20,7 @@ from onelora.assets import ROOT as ASSETS
 from onelora.assets import sha256
 from onelora.errors import ModelError, RunDirError
 from onelora.models import build_model
-from onelora.train import train
+from onelora.run.train import train
 
 COMMITTED = ASSETS / "vit_digits_0-4"
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]

@@ -12,10 +12,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import ROOT, hydra_cfg, write_cifar10
+from helpers import CHILD_PATH, ROOT, hydra_cfg, write_cifar10
 
-from onelora.record import effective_status
-from onelora.train import build_peft_model, train
+from onelora.run.build import build_peft_model
+from onelora.run.record import effective_status
+from onelora.run.train import train
 
 RECORD_FIELDS = {
     "task", "model", "peft", "data", "seed", "status", "metric_name", "metric_direction", "metric_best", "metrics",
@@ -131,7 +132,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})},
+        env={**os.environ, "PYTHONPATH": CHILD_PATH, **(env or {})},
         timeout=300,
     )
 
@@ -268,8 +269,8 @@ def test_bad_input_one_line_and_nonzero_exit(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_a_value_of_the_wrong_type_is_one_line(tmp_path: Path, override: str, says: str) -> None:
     from onelora.errors import ConfigError
-    from onelora.preflight import check_export_to, check_values
-    from onelora.train import instantiate_trainer
+    from onelora.run.preflight import check_export_to, check_values
+    from onelora.run.train import instantiate_trainer
 
     with hydra_cfg(tmp_path, "experiment=smoke_classification", override) as cfg:
         with pytest.raises(ConfigError) as e:
@@ -281,7 +282,7 @@ def test_a_value_of_the_wrong_type_is_one_line(tmp_path: Path, override: str, sa
 
 def test_no_progress_bar_off_a_terminal(tmp_path: Path) -> None:
     """Piped or in a SLURM log, Lightning's Rich bar printed its last frame as 7 garbled lines after the epochs."""
-    from onelora.train import instantiate_trainer
+    from onelora.run.train import instantiate_trainer
 
     with hydra_cfg(tmp_path) as cfg:  # the quickstart: trainer.enable_progress_bar=true
         assert cfg.trainer.enable_progress_bar and not sys.stdout.isatty()

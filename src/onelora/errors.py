@@ -1,8 +1,8 @@
 """The errors a user can fix: each is printed by run.py as one line (exit 2), never as a traceback.
 
-Every module raises these from here (the old paths `onelora.train.ConfigError`, `onelora.peft.PeftError`,
-`onelora.models.ModelError`, `onelora.data.errors.DatasetFormatError` re-export them). This module imports
-nothing, so the lowest layer (peft) can use it. A new kind of user error subclasses `UserError` here.
+Every module raises these from here (the old paths `onelora.peft.PeftError`, `onelora.models.ModelError`,
+`onelora.data.errors.DatasetFormatError` re-export them). This module imports nothing, so the lowest layer (peft)
+can use it. A new kind of user error subclasses `UserError` here.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Files shipped with the package: the quickstart's pre-trained digits ViT (`vit_digits_0-4/`).
 
-Configs name them as `${asset:vit_digits_0-4}` (the resolver is registered with the others in onelora.record),
+Configs name them as `${asset:vit_digits_0-4}` (the resolver is registered with the others in onelora.run.record),
 so the path is right in a clone and in an installed package alike. `scripts/source_model.py` re-makes them.
 """
 

@@ -44,7 +44,7 @@ def composed(experiment: str, method: str, overrides: Sequence[str], workdir: Pa
         except HydraException as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CostsError(f"cannot compose experiment={experiment} peft={method}: {msg}") from None
-        from ..preflight import check_values
+        from ..run.preflight import check_values
 
         check_values(cfg)  # --set data.module.batch_size=abc: one line, as from run.py
         random_weights(cfg)
@@ -86,7 +86,7 @@ def single_process(cfg: DictConfig, accelerator: str) -> str:
     """
     import importlib.util
 
-    from ..memory import strategy_target
+    from .memory import strategy_target
 
     target = strategy_target(cfg)
     keep = accelerator == "gpu" and (
@@ -125,7 +125,7 @@ def synthetic_batch(cfg: DictConfig, generator: torch.Generator) -> tuple[Any, s
         images = torch.randn(b, 3, side, side, generator=generator)
         return (images, torch.randint(0, classes, (b,), generator=generator)), f"{b}x3x{side}x{side}"
     if kind == "depth_estimator":
-        from ..memory import depth_input_hw
+        from .memory import depth_input_hw
 
         h, w = depth_input_hw(cfg)
         lo, hi = float(cfg.data.get("min_depth", 1e-3)), float(cfg.data.get("max_depth", 10))
@@ -174,8 +174,8 @@ def measure(experiment: str, method: str, settings: Settings, on_step: Callable[
     import lightning as L
     from hydra.utils import instantiate
 
-    from ..memory import estimate_from_config
-    from ..train import build_peft_model
+    from ..run.build import build_peft_model
+    from .memory import estimate_from_config
 
     device = torch.device(_device(settings.device))
     accelerator = "gpu" if device.type == "cuda" else "cpu"

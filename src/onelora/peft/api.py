@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,42 +14,18 @@ from torch import nn
 
 from .bases import AdaptedQuantized, describe, layer_kind, wrapper_class
 from .layer import AdaptedLayer
-from .registry import Method, PeftError, resolve_method
+from .registry import Method, PeftError, family_hooks, resolve_method
+from .targets import Patterns, as_list, is_norm, matches, under
 
 # Task heads left to the task by default (never adapted): transformers' classifier and
 # LM head, timm's `head`, sequence-classification `score`.
 DEFAULT_HEADS = ["classifier", "lm_head", "head", "score"]
-NORM_CLASS = re.compile(r"(LayerNorm|RMSNorm|GroupNorm|BatchNorm\d?d?|InstanceNorm\d?d?)$")
 
-Patterns = str | Iterable[str] | None
 LINEAR_KINDS = ("linear", "conv1d", "quantized")  # what "all-linear" and a regex select; nn.Conv2d only by name
 SUPPORTED = (
     "nn.Linear, transformers Conv1D, quantized nn.Linear subclasses (bitsandbytes, torchao) and, named in a "
     "target_modules list, nn.Conv2d (onelora, lora, bitfit)"
 )
-
-
-def _as_list(p: Patterns) -> list[str] | str | None:
-    return p if p is None or isinstance(p, str) else list(p)
-
-
-def _match(name: str, patterns: list[str] | str) -> bool:
-    """peft's rule: a string is a regex on the full name, a list matches `name` or `*.name`."""
-    if isinstance(patterns, str):
-        return patterns == "all-linear" or re.fullmatch(patterns, name) is not None
-    return any(name == p or name.endswith("." + p) for p in patterns)
-
-
-def _under(name: str, patterns: list[str] | str | None) -> bool:
-    """True if the module or any module above it matches (a head's inner layers are the head)."""
-    if not patterns:
-        return False
-    parts = name.split(".")
-    return any(_match(".".join(parts[:i]), patterns) for i in range(1, len(parts) + 1))
-
-
-def _is_norm(module: nn.Module) -> bool:
-    return NORM_CLASS.search(type(module).__name__) is not None
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -63,7 +38,7 @@ def _checked_patterns(what: str, p: Patterns) -> list[str] | str | None:
     """A string must be a valid regex (or "all-linear"), a list must hold names."""
     if p is not None and not isinstance(p, (str, list, tuple, set)):
         raise PeftError(f"{what}={p!r} is not allowed; give a regex string or a list of module names")
-    p = _as_list(p)
+    p = as_list(p)
     if isinstance(p, str) and p != "all-linear":
         try:
             re.compile(p)
@@ -123,7 +98,7 @@ def _check_names_exist(model: nn.Module, what: str, names: list[str]) -> None:
     """Every name given in a list must match a module (full name or its last parts): a typo is an error."""
     modules = [n for n, _ in model.named_modules() if n]
     for p in names:
-        if not any(_match(n, [p]) for n in modules):
+        if not any(matches(n, [p]) for n in modules):
             close = difflib.get_close_matches(p, sorted({n.rsplit(".", 1)[-1] for n in modules} | set(modules)), 3)
             hint = f"; did you mean {', '.join(close)}?" if close else "; names match a module's name or its last parts"
             if what == "target_modules":
@@ -136,10 +111,10 @@ def _check_names_exist(model: nn.Module, what: str, names: list[str]) -> None:
 def find_targets(model: nn.Module, target_modules: Patterns, exclude: Patterns) -> list[str]:
     """The modules to adapt: every linear-like layer ("all-linear"), those a regex matches, or those named in a
     list (nn.Conv2d only so). A listed module of a type no method can adapt is refused, never skipped."""
-    targets, exclude = _as_list(target_modules) or "all-linear", _as_list(exclude)
+    targets, exclude = as_list(target_modules) or "all-linear", as_list(exclude)
     names, unsupported = [], []
     for n, mod in model.named_modules():
-        if not n or _under(n, exclude) or not _match(n, targets):
+        if not n or under(n, exclude) or not matches(n, targets):
             continue
         kind = layer_kind(mod)
         if kind in LINEAR_KINDS or (kind == "conv2d" and isinstance(targets, list)):
@@ -178,25 +153,10 @@ def _check_support(m: Method, names: list[str], kinds: list[str], layers: list[n
             raise PeftError(f"{what}: LoRA on a grouped convolution (groups={layer.groups}) is not implemented")
 
 
-def check_no_hf_peft_layers(model: nn.Module, what: str) -> None:
-    """Refuse a model into which HF peft put its layers in place (`PeftModel.from_pretrained(base, ...)` and
-    `get_peft_model(base, ...)` modify `base`): its adapted layers are peft's wrappers, neither ours nor plain
-    layers, and its `peft_config` is peft's. The suite's own `hf_*` methods (their `peft_config` is ours) pass."""
-    if "method" in (getattr(model, "peft_config", None) or {}) or "peft" not in sys.modules:
-        return  # ours, or no HF peft layer can be in it
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    name = next((n for n, mod in model.named_modules() if isinstance(mod, BaseTunerLayer)), None)
-    if name is not None:
-        raise PeftError(
-            f"{what}: the model already holds HF peft layers ({name}: {_qualname(model.get_submodule(name))}), "
-            "put there in place by PeftModel.from_pretrained or get_peft_model; give it a fresh model without them "
-            "(or keep using the PeftModel)"
-        )
-
-
-def _qualname(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+def refuse_foreign_layers(model: nn.Module, what: str) -> None:
+    """One PeftError line if a family's layers were put into the model outside the suite (each family says)."""
+    for hooks in family_hooks():
+        hooks.refuse(model, what)
 
 
 def apply_peft(
@@ -231,7 +191,7 @@ def apply_peft(
         **options,
     )
     m, opts, heads = plan.method, plan.options, plan.head
-    check_no_hf_peft_layers(model, "apply_peft")
+    refuse_foreign_layers(model, "apply_peft")
     if getattr(model, "peft_config", None):
         raise PeftError(f"model already has peft method {model.peft_config['method']!r}; apply_peft once per model")
     _check_names_exist(model, "head", heads)
@@ -245,9 +205,9 @@ def apply_peft(
     for p in model.parameters():
         p.requires_grad_(m.full)
     adapted = 0
-    if hasattr(m.adapter, "inject"):  # HF peft's tuners (peft=hf_*): peft builds its own layers
+    if m.hooks is not None:  # a family that builds its own layers (HF peft's tuners)
         names = find_targets(model, plan.target_modules, plan.exclude_modules + heads)
-        adapted = m.adapter.inject(model, names, seed=seed, dtype=dtype, **opts)
+        adapted = m.hooks.inject(model, names, seed=seed, dtype=dtype, **opts)
     elif not m.full and (m.adapter is not None or {"bias", "gamma"} & set(m.extras)):
         names = find_targets(model, plan.target_modules, plan.exclude_modules + heads)
         layers = [model.get_submodule(n) for n in names]
@@ -269,13 +229,13 @@ def apply_peft(
     if "norms" in m.extras:
         frozen = {}
         for name, mod in model.named_modules():
-            if _is_norm(mod) and not _under(name, heads):
+            if is_norm(mod) and not under(name, heads):
                 for pname, p in mod.named_parameters(recurse=False):
                     p.requires_grad_(True)
                     frozen[f"{name}.{pname}" if name else pname] = p.detach().clone()
         model._peft_frozen_norms = frozen  # for disable_peft: norms train in place
     for name, mod in model.named_modules():
-        if heads and _match(name, heads):
+        if heads and matches(name, heads):
             mod.requires_grad_(True)
     model.peft_config = {
         "method": m.name,
@@ -296,9 +256,8 @@ def merge_peft(model: nn.Module, dequantize: bool = False) -> nn.Module:
     A quantized base layer has no float weight to fold into: refused, unless `dequantize=True`, which
     replaces it by a plain nn.Linear holding the dequantized weight plus the update (more memory).
     """
-    hf_model = model.__dict__.pop("hf_peft_model", None)
-    if hf_model is not None:  # peft=hf_*: peft folds its own layers back into the base layers, in place
-        hf_model.merge_and_unload()
+    for hooks in family_hooks():  # a family's own layers fold back by its own means, in place
+        hooks.merge(model)
     adapted = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, AdaptedLayer)]
     quantized = [n for n, mod in adapted if isinstance(mod, AdaptedQuantized)]
     if quantized and not dequantize:
@@ -326,32 +285,25 @@ def disable_peft(model: nn.Module) -> Iterator[nn.Module]:
     if resolve_method(cfg["method"]).full:
         raise PeftError("full fine-tuning changed the weights in place; there is no adapter to switch off")
     layers = [m for m in model.modules() if isinstance(m, AdaptedLayer)]
-    hf_layers = [m for m in model.modules() if getattr(m, "adapter_layer_names", ())]  # peft=hf_*: peft's switch
     params = dict(model.named_parameters())
     swapped: list[tuple[nn.Parameter, torch.Tensor]] = []
     # the state before entry, restored at exit: an inner `with` inside an outer one leaves the adapters off
     was_off = [layer.__dict__.get("peft_enabled") is False for layer in layers]
-    hf_was_off = [bool(layer.disable_adapters) for layer in hf_layers]
-    grads = [(p, p.requires_grad) for layer in hf_layers for p in layer.parameters()]  # peft's switch resets them
     try:
-        for layer in layers:
-            layer.peft_enabled = False
-        for layer in hf_layers:
-            layer.enable_adapters(False)
-        for name, initial in getattr(model, "_peft_frozen_norms", {}).items():
-            p = params[name]
-            swapped.append((p, p.data))
-            p.data = initial.to(p.device, p.dtype)
-        yield model
+        with ExitStack() as families:
+            for hooks in family_hooks():  # a family's own layers, by its own switch
+                families.enter_context(hooks.disable(model))
+            for layer in layers:
+                layer.peft_enabled = False
+            for name, initial in getattr(model, "_peft_frozen_norms", {}).items():
+                p = params[name]
+                swapped.append((p, p.data))
+                p.data = initial.to(p.device, p.dtype)
+            yield model
     finally:
         for layer, off in zip(layers, was_off, strict=True):
             if not off:
                 layer.__dict__.pop("peft_enabled", None)
-        for layer, off in zip(hf_layers, hf_was_off, strict=True):
-            if not off:
-                layer.enable_adapters(True)
-        for p, flag in grads:
-            p.requires_grad_(flag)
         for p, data in reversed(swapped):
             p.data = data
 
@@ -376,30 +328,22 @@ class ParameterCount:
         return {**asdict(self), "peft": self.peft, "head": self.head}
 
 
-def _in_hf_tuner(model: nn.Module, mname: str) -> bool:
-    """True for the parts an HF peft tuner layer adds (its `adapter_layer_names`: lora_A, miss_block, ...)."""
-    parts = mname.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        if parts[i] in getattr(model.get_submodule(".".join(parts[:i])), "adapter_layer_names", ()):
-            return True
-    return False
-
-
 def _owner_groups(model: nn.Module, heads: list[str]) -> dict[int, str]:
     """Map each parameter (by identity) to its group: adapter, bias, gamma, norms, head or weights.
 
     A parameter shared by the head and the body (tied embeddings: lm_head.weight is embed_tokens.weight)
     belongs to the head; otherwise the first module that holds it decides."""
     groups: dict[int, str] = {}
+    hooks = family_hooks()
     for mname, mod in model.named_modules(remove_duplicate=False):
         for pname, p in mod.named_parameters(recurse=False):
-            if heads and _under(mname, heads):
+            if heads and under(mname, heads):
                 g = "head"
             elif isinstance(mod, AdaptedLayer) and pname in ("bias", "gamma"):
                 g = pname
-            elif "adapter" in mname.split(".") or _in_hf_tuner(model, mname):
+            elif "adapter" in mname.split(".") or any(h.in_adapter(model, mname) for h in hooks):
                 g = "adapter"
-            elif _is_norm(mod):
+            elif is_norm(mod):
                 g = "norms"
             elif pname == "bias":
                 g = "bias"
@@ -422,12 +366,10 @@ def count_parameters(model: nn.Module) -> ParameterCount:
             trainable += p.numel()
             g = owner.get(id(p), "weights")
             groups[g] = groups.get(g, 0) + p.numel()
-    adapted = sum(isinstance(m, AdaptedLayer) or bool(getattr(m, "adapter_layer_names", ())) for m in model.modules())
+    hooks = family_hooks()
+    adapted = sum(isinstance(m, AdaptedLayer) or any(h.is_layer(m) for h in hooks) for m in model.modules())
     return ParameterCount(trainable, total, adapted, groups)
 
-
-# saving and loading live in .serialization; re-exported here so `from onelora.peft.api import save_peft` keeps working
-from .serialization import load_peft, peft_state_dict, save_peft  # noqa: E402
 
 __all__ = [
     "DEFAULT_HEADS",
@@ -436,9 +378,6 @@ __all__ = [
     "count_parameters",
     "disable_peft",
     "find_targets",
-    "load_peft",
     "merge_peft",
-    "peft_state_dict",
-    "save_peft",
     "validate_peft",
 ]

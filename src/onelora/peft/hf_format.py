@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .api import _match, _under
 from .layer import AdaptedLinear
 from .registry import PeftError, resolve_method
+from .targets import matches, under
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."  # peft's key prefix for the wrapped model's modules
@@ -91,14 +91,14 @@ def _target_modules(model: nn.Module, names: list[str], heads: list[str]) -> lis
     candidates = {
         n
         for n, _ in model.named_modules()
-        if n and "adapter" not in n.split(".") and not _under(n, heads) and n.rsplit(".", 1)[-1] in suffixes
+        if n and "adapter" not in n.split(".") and not under(n, heads) and n.rsplit(".", 1)[-1] in suffixes
     }
     return suffixes if candidates == set(names) else sorted(names)
 
 
 def _head_modules(model: nn.Module, heads: list[str]) -> dict[str, nn.Module]:
     return {
-        n: m for n, m in model.named_modules() if heads and _match(n, heads) and not _under(n.rpartition(".")[0], heads)
+        n: m for n, m in model.named_modules() if heads and matches(n, heads) and not under(n.rpartition(".")[0], heads)
     }
 
 
@@ -110,7 +110,7 @@ def _tied_partners(model: nn.Module, heads: dict[str, nn.Module]) -> dict[str, n
         n: m
         for n, m in model.named_modules()
         if n not in heads
-        and not any(_under(n, [h]) for h in heads)
+        and not any(under(n, [h]) for h in heads)
         and any(id(p) in shared for p in m.parameters(recurse=False))
     }
 
@@ -119,10 +119,9 @@ def to_peft(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
     """The peft config object and the tensors of `model`'s adapter and trained head, keyed as peft saves them."""
     global _warned_heads
     cfg = model.peft_config
-    if cfg["method"].startswith("hf_"):  # built by peft itself: its own config and state dict
-        from .hf import hf_adapter
-
-        config, tensors = hf_adapter(model)
+    hooks = resolve_method(cfg["method"]).hooks
+    if hooks is not None:  # a family that built its own layers saves them: its own config and state dict
+        config, tensors = hooks.save(model)
         config = copy.copy(config)
     else:
         config, tensors = _adapter_to_peft(model)

@@ -19,7 +19,7 @@ from .bases import layer_kind
 from .hf_format import PREFIX, _base_bias, _head_modules, _peft, _tied_partners
 from .layer import AdaptedLayer
 from .registry import PeftError
-from .serialization import names_list
+from .targets import names_list
 
 ADAPTER_PARTS = ("lora_", "vera_", "miss_")
 READABLE = "LORA (with or without DoRA), VERA and MISS with r=1"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,21 @@ DROPOUT = Option(float, "a probability in [0, 1)", lambda v: 0 <= v < 1)
 
 
 @dataclass(frozen=True)
+class FamilyHooks:
+    """What a family of methods whose layers are not the suite's `AdaptedLayer`s (HF peft's tuners: peft builds
+    them) does itself. `api` calls the hooks of every registered family, so it holds no family's code."""
+
+    inject: Callable[..., int]  # (model, names, *, seed, dtype, **options): adapt those layers in place; how many
+    merge: Callable[[nn.Module], None]  # fold the family's layers into their base layers, in place
+    disable: Callable[[nn.Module], AbstractContextManager]  # the family's layers bypassed inside the `with`
+    is_layer: Callable[[nn.Module], bool]  # an adapted layer of the family (counted in `adapted_layers`)
+    in_adapter: Callable[[nn.Module, str], bool]  # (model, module name): a part the family's layers add
+    refuse: Callable[[nn.Module, str], None]  # (model, what): the model holds the family's layers put there
+    # outside the suite (neither ours nor plain layers): one PeftError line
+    save: Callable[[nn.Module], tuple[Any, dict[str, Any]]]  # HF peft's config object and state dict
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     adapter: type[nn.Module] | None = None
@@ -59,6 +75,7 @@ class Method:
     defaults: dict[str, Any] = field(default_factory=dict)
     full: bool = False  # full fine-tuning: every parameter trains, nothing is wrapped
     doc: str = ""
+    hooks: FamilyHooks | None = None  # a family's own builder, merge, switch, counts and saving
 
     def option_names(self) -> set[str]:
         """Options the adapter's constructor takes (besides the layer itself)."""
@@ -105,9 +122,15 @@ def register(
     METHODS[name] = Method(name, adapter, tuple(extras), dict(defaults), full, doc)
 
 
-def register_family(prefix: str, adapter: type[nn.Module], doc: str = "") -> None:
-    """Register every name `<prefix><name>` as one method family (the `hf_*` peers: one module, many configs)."""
-    FAMILIES[prefix] = Method(f"{prefix}<name>", adapter, doc=doc)
+def register_family(prefix: str, adapter: type[nn.Module], hooks: FamilyHooks, doc: str = "") -> None:
+    """Register every name `<prefix><name>` as one method family (the `hf_*` peers: one module, many configs);
+    `adapter` holds its options (schema, `check_options`), `hooks` what it does itself."""
+    FAMILIES[prefix] = Method(f"{prefix}<name>", adapter, doc=doc, hooks=hooks)
+
+
+def family_hooks() -> list[FamilyHooks]:
+    """The hooks of every registered family: a model may hold any family's layers, whatever its method."""
+    return [family.hooks for family in FAMILIES.values() if family.hooks is not None]
 
 
 def resolve_method(name: str) -> Method:
@@ -116,7 +139,7 @@ def resolve_method(name: str) -> Method:
         return METHODS[name]
     for prefix, family in FAMILIES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
-            return Method(name, family.adapter, doc=family.doc)
+            return Method(name, family.adapter, doc=family.doc, hooks=family.hooks)
     parts = name.split("_")
     for cut in range(len(parts) - 1, 0, -1):
         head, tail = "_".join(parts[:cut]), parts[cut:]

@@ -17,8 +17,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .api import apply_peft, check_no_hf_peft_layers
+from .api import apply_peft, refuse_foreign_layers
 from .registry import PeftError
+from .targets import names_list
 
 CONFIG_FILE, WEIGHTS_FILE = "peft_config.json", "peft_weights.safetensors"
 
@@ -115,12 +116,6 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def names_list(keys: list[str], n: int = 3) -> str:
-    keys = sorted(keys)
-    more = f" and {len(keys) - n} more" if len(keys) > n else ""
-    return ", ".join(repr(k) for k in keys[:n]) + more
-
-
 def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
     """Load `tensors` into the model's adapters if they are exactly what those adapters hold."""
     expected = peft_state_dict(model)
@@ -152,7 +147,7 @@ def load_peft(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     Reads onelora's format and HF peft's adapter folders of LoRA, DoRA, VeRA and MiSS(r=1).
     """
     src = Path(path)
-    check_no_hf_peft_layers(model, f"load_peft({str(path)!r})")
+    refuse_foreign_layers(model, f"load_peft({str(path)!r})")
     if (src / CONFIG_FILE).is_file() or (src / WEIGHTS_FILE).is_file():
         return _load_onelora(model, src)
     from .hf_format import PEFT_CONFIG, PEFT_WEIGHTS

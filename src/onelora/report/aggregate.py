@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from ..record import effective_status, spell_bools
+from ..run.record import effective_status, spell_bools
 from .manifest import PAPER_DIR, ROOT, Group, Manifest, metric_from
 
 RECORD = "result.json"

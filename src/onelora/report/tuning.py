@@ -5,23 +5,53 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pandas as pd
 
+from .aggregate import read_records
 from .manifest import PAPER_DIR, ROOT, Manifest
 from .plots import method_label
 
 
-def _launch():  # noqa: ANN202  # onelora.launch imports the report package: imported when needed
-    from .. import launch
+def selection_results(manifest: Manifest) -> dict[str, dict[float, float]]:
+    """method -> grid value -> the metric's mean over the selection seeds (ok runs only)."""
+    tune = manifest.tune
+    assert tune is not None
+    values: dict[tuple[str, float], list[float]] = {}
+    for _, r in read_records([tune.runs_dir] if tune.runs_dir.is_dir() else []):
+        if not r or r.get("status") != "ok" or r.get("metric_best") is None or r.get("seed") not in tune.seeds:
+            continue
+        value = _override(r.get("overrides") or [], tune.key)
+        if value is not None and any(math.isclose(value, v, rel_tol=1e-9) for v in tune.grid):
+            values.setdefault((str(r.get("peft")), value), []).append(float(r["metric_best"]))
+    out: dict[str, dict[float, float]] = {}
+    for (method, value), xs in values.items():
+        out.setdefault(method, {})[value] = sum(xs) / len(xs)
+    return out
 
-    return launch
+
+def choose(manifest: Manifest) -> dict[str, float]:
+    """Each method's best grid value on the selection runs (ties: the smaller value); methods without any ok
+    selection run are missing."""
+    sign = 1.0 if manifest.metric.direction == "max" else -1.0
+    return {m: max(sorted(res), key=lambda v: sign * res[v]) for m, res in selection_results(manifest).items() if res}
+
+
+def _override(overrides: Sequence[str], key: str) -> float | None:
+    for o in overrides:
+        k, _, v = o.lstrip("+").partition("=")
+        if k == key:
+            try:
+                return float(v)
+            except ValueError:
+                return None
+    return None
 
 
 def selection_frame(manifest: Manifest) -> pd.DataFrame:
     """One row per (method, value): the selection metric (mean over selection seeds, printed unit) and `chosen`."""
-    launch = _launch()
-    results, chosen = launch.selection_results(manifest), launch.choose(manifest)
+    results, chosen = selection_results(manifest), choose(manifest)
     m = manifest.metric
     rows = [{"method": method, "value": v, "metric": results.get(method, {}).get(v, math.nan) * m.scale,
              "chosen": chosen.get(method) == v} for method in manifest.methods for v in manifest.tune.grid]  # fmt: skip

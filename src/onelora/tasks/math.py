@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
-from ..memory import apply_dtype_policy
+from ..models.dtypes import apply_dtype_policy
 from .base import PeftTask
 
 

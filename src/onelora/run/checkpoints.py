@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger("onelora")
 
@@ -62,7 +62,7 @@ def load_run(run_dir: Path, ckpt: Path | None = None, config: Path | None = None
     import lightning as L
     from hydra.utils import instantiate
 
-    from .train import build_peft_model
+    from .build import build_peft_model
 
     cfg = load_run_config(run_dir, config)
     # the newest checkpoint that loads (last.ckpt's target, unless that link dangles or its file is damaged)

@@ -5,7 +5,7 @@ For each (impl, method) on a block stack (a `transformers` ViT or Llama built fr
   (so drift of the machine hits all methods alike);
 - `saved_bytes`: activations autograd keeps for backward in the model's forward, each storage counted once (q, k
   and v share their input), parameters and buffers excluded (the costs package's `SavedBytes`, the one meter);
-- `ops`: top-level aten ops of one training step (forward + backward; `onelora.opcount`): on a GPU each is at
+- `ops`: top-level aten ops of one training step (forward + backward; `onelora.costs.opcount`): on a GPU each is at
   least one kernel launch, whatever the width;
 - `state_bytes`: parameters (all) + gradients and AdamW's two moments (trainable ones);
 - `peak_mem_bytes`: peak allocated accelerator memory of one step (GPU only; step times there are CUDA events);
@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .costs.meters import SavedBytes
+from ..peft import apply_peft, merge_peft
 from .memory import saved_activations
+from .meters import SavedBytes
 from .opcount import top_level_ops
-from .peft import apply_peft, merge_peft
 
 OURS = ["bitfit", "onelora", "lora", "dora", "vera", "mora1", "mora6", "difffit", "full"]
 PEERS = ["lora", "dora", "vera", "miss"]  # HF peft at r=1 (MiSS r=1 = 1LoRA)
@@ -62,8 +62,8 @@ def depth_stack(data: str = "kitti", hidden: int = 384, layers: int = 12, batch:
     import yaml
     from transformers import Dinov2Config, Dinov2Model
 
-    from .data.depth import dataset_input_hw
-    from .report.manifest import ROOT
+    from ..data.depth import dataset_input_hw
+    from ..report.manifest import ROOT
 
     module = yaml.safe_load((ROOT / "configs" / "data" / f"{data}.yaml").read_text())["module"]
     policy = {k: module[k] for k in ("keep_aspect", "multiple_of", "resize_method") if k in module}
@@ -305,7 +305,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def layer_benchmark(shapes: list[tuple[int, int, int]], repeats: int = 31) -> list[dict[str, Any]]:
     """One linear layer, tokens x k -> d: BitFit, the paper's listing in autograd, our two forms, our choice."""
-    from .peft.onelora import OneLoRAFunction, onelora_reference
+    from ..peft.onelora import OneLoRAFunction, onelora_reference
 
     def bitfit(x: Tensor, w: Tensor, bias: Tensor, b: Tensor) -> Tensor:
         return torch.nn.functional.linear(x, w, bias)

@@ -123,7 +123,7 @@ class EfficiencyMonitor(L.Callback):
 
 class EpochReport(L.Callback):
     """One line per validation epoch in the run's log (`epoch 3/10: accuracy 0.8123, best 0.8304`), and the same
-    as a progress event for a sweep's bar (`onelora.progress`). Rank 0 only."""
+    as a progress event for a sweep's bar (`onelora.run.progress`). Rank 0 only."""
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after the task's on_validation_epoch_end (callbacks' epoch-end hooks run before the module's)

@@ -36,7 +36,7 @@ from torch import nn
 
 
 def _config_error(msg: str) -> Exception:
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     return ConfigError(msg)
 
@@ -138,7 +138,7 @@ def _wrap_units(strategy: str, layer_classes: Sequence[str], wrap_adapters: bool
         raise _config_error(f"{strategy} needs at least one layer class to wrap (layer_classes=)")
     units = list(layers)
     if wrap_adapters:
-        from .peft.layer import Adapter
+        from ..peft.layer import Adapter
 
         units.append(Adapter)
     return layers, units
@@ -188,7 +188,7 @@ def deepspeed_strategy(stage: int = 2, exclude_frozen_parameters: bool = True, *
 
 def trains_own_weights(model: nn.Module) -> bool:
     """Whether the method trains the model's own weights (full fine-tuning), not only adapters, extras and head."""
-    from .peft import count_parameters
+    from ..peft import count_parameters
 
     return "weights" in count_parameters(model).groups
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError, DatasetFormatError
+from ..errors import ConfigError, DatasetFormatError
 
 # the data modules' arguments that name files or folders they read (configs/data/*.yaml)
 PATH_KEYS = ("data_dir", "root", "train_root", "val_root", "train_gt_root", "val_gt_root", "train_split",

@@ -10,7 +10,7 @@ Terms (bytes, per process):
 - optimizer: AdamW's two fp32 moments per trainable parameter (+ fp32 master copies where what trains is
   stored in lower precision);
 - activations: the tensors autograd saves for backward in one forward of one micro-batch, traced on fake tensors
-  of the target device under its own autocast (`onelora.memory_trace`: CUDA's op lists, CUDA's 1-byte dropout
+  of the target device under its own autocast (`onelora.costs.memory_trace`: CUDA's op lists, CUDA's 1-byte dropout
   masks, the fused attention kernel the GPU picks), bytes of the distinct storages saved, parameters and buffers
   excluded. With activation checkpointing (transformers' layers, diffusers' `transformer_blocks`, timm's
   `blocks`): what is saved outside them, plus each block's input, plus one block's saved tensors (its
@@ -34,45 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models.dtypes import apply_dtype_policy, to_dtype
 from .memory_trace import checkpointed_blocks, saved_activations  # noqa: F401  (saved_activations re-exported)
 
-DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-}
 GIB = 1024**3
-
-
-def to_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    try:
-        return DTYPES[str(name).removeprefix("torch.").lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}") from None
-
-
-def apply_dtype_policy(
-    model: nn.Module,
-    weights_dtype: str | torch.dtype | None = "bfloat16",
-    trainable_dtype: str | torch.dtype | None = "float32",
-) -> nn.Module:
-    """Frozen floating parameters to `weights_dtype`, trainable ones to `trainable_dtype` (None: unchanged); in place.
-
-    Buffers keep their dtype (LLaMA's RoPE frequencies stay fp32).
-    """
-    frozen, trainable = to_dtype(weights_dtype), to_dtype(trainable_dtype)
-    for p in {id(p): p for p in model.parameters()}.values():
-        target = trainable if p.requires_grad else frozen
-        if target is not None and p.is_floating_point() and p.dtype != target:
-            p.data = p.data.to(target)
-    return model
 
 
 # --- the estimate -------------------------------------------------------------------------------
@@ -105,7 +70,7 @@ def example_inputs(
 
 def depth_input_hw(cfg: Any) -> tuple[int, int]:
     """The network input size of a depth experiment's training images, from the data's own function."""
-    from .data.depth import dataset_input_hw, input_hw
+    from ..data.depth import dataset_input_hw, input_hw
 
     data = cfg.data.get("module") or {}
     size = data.get("input_size", cfg.model.get("image_size") or 518)
@@ -141,7 +106,7 @@ def _nbytes(tensors: Any) -> int:
 def fsdp_gathered_bytes(model: nn.Module, unit_classes: tuple[type, ...], world_size: int) -> int:
     """Unsharded parameters FSDP full shard keeps resident at once, beyond each process's shard: the root unit
     (gathered from forward to backward) and two layer units (the running one and the prefetched one)."""
-    from .strategies import fsdp_units
+    from ..run.strategies import fsdp_units
 
     units = fsdp_units(model, unit_classes)
     root = _nbytes(p for _, p in units.get("", []))
@@ -251,7 +216,7 @@ def _frozen_model_bytes(cfg: Any, dtype: str | None) -> int:
     vae = cfg.model.get("vae") if cfg.model.get("kind") == "diffusion_transformer" else None
     if not vae:
         return 0
-    from .models import build_model
+    from ..models import build_model
 
     module = build_model(vae, pretrained=False, meta=True)
     if dtype is not None:
@@ -274,12 +239,12 @@ def estimate_from_config(model: nn.Module, cfg: Any, device_type: str = "cuda") 
     strategy = cfg.trainer.get("strategy")
     options = strategy if hasattr(strategy, "get") else {}
     fsdp, deepspeed = "fsdp" in target, "deepspeed" in target
-    from .batching import world_size
+    from ..run.batching import world_size
 
     units: tuple[type, ...] = ()
     if fsdp:
-        from .peft.layer import Adapter
-        from .strategies import import_class
+        from ..peft.layer import Adapter
+        from ..run.strategies import import_class
 
         layers = tuple(import_class(str(c)) for c in options.get("layer_classes") or ())
         units = (*layers, Adapter) if options.get("wrap_adapters", True) else layers

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..models.dtypes import to_dtype
+
 
 # --- fake copies -------------------------------------------------------------------------------------
 def _fake_mode() -> Any:
@@ -245,8 +247,6 @@ def saved_activations(
     kernels are traced (default: the model's, "cuda" for a model on meta), on fake tensors; a model on a real
     device is traced on its real tensors when `device_type` is its own (a measurement, not an estimate).
     """
-    from .memory import to_dtype
-
     dtype = to_dtype(autocast_dtype)
     own = next(model.parameters()).device
     device_type = device_type or ("cuda" if own.type == "meta" else own.type)

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .progress import EventTail, SweepDisplay
-from .report.aggregate import read_records
-from .report.manifest import Group, Manifest
+from ..report.manifest import Group, Manifest
+from ..run.progress import EventTail, SweepDisplay
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)
@@ -82,41 +81,6 @@ def commands(manifest: Manifest, extra: Sequence[str], python: str = sys.executa
              chosen: dict[str, float] | None = None) -> list[Command]:  # fmt: skip
     """Every group's multirun(s); the tuned group's need `chosen` (else its value reads `nan`)."""
     return [c for g in manifest.groups for c in group_commands(manifest, g, extra, python, jobs, chosen)]
-
-
-def selection_results(manifest: Manifest) -> dict[str, dict[float, float]]:
-    """method -> grid value -> the metric's mean over the selection seeds (ok runs only)."""
-    tune = manifest.tune
-    assert tune is not None
-    values: dict[tuple[str, float], list[float]] = {}
-    for _, r in read_records([tune.runs_dir] if tune.runs_dir.is_dir() else []):
-        if not r or r.get("status") != "ok" or r.get("metric_best") is None or r.get("seed") not in tune.seeds:
-            continue
-        value = _override(r.get("overrides") or [], tune.key)
-        if value is not None and any(math.isclose(value, v, rel_tol=1e-9) for v in tune.grid):
-            values.setdefault((str(r.get("peft")), value), []).append(float(r["metric_best"]))
-    out: dict[str, dict[float, float]] = {}
-    for (method, value), xs in values.items():
-        out.setdefault(method, {})[value] = sum(xs) / len(xs)
-    return out
-
-
-def choose(manifest: Manifest) -> dict[str, float]:
-    """Each method's best grid value on the selection runs (ties: the smaller value); methods without any ok
-    selection run are missing."""
-    sign = 1.0 if manifest.metric.direction == "max" else -1.0
-    return {m: max(sorted(res), key=lambda v: sign * res[v]) for m, res in selection_results(manifest).items() if res}
-
-
-def _override(overrides: Sequence[str], key: str) -> float | None:
-    for o in overrides:
-        k, _, v = o.lstrip("+").partition("=")
-        if k == key:
-            try:
-                return float(v)
-            except ValueError:
-                return None
-    return None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, open_dict
 
 
 def _config_error(msg: str) -> Exception:
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     return ConfigError(msg)
 

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import RunDirError, UserError
+from ..errors import RunDirError, UserError
 
 RECORD = "result.json"
 LOCK = ".run.lock"
@@ -154,7 +154,7 @@ def now() -> str:
 
 def git_sha() -> str | None:
     try:
-        root = Path(__file__).resolve().parents[2]
+        root = Path(__file__).resolve().parents[3]
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -230,7 +230,7 @@ def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_dirname"):
         OmegaConf.register_new_resolver("run_dirname", run_dirname)
     if not OmegaConf.has_resolver("asset"):  # ${asset:vit_digits_0-4}: a file shipped with the package
-        from .assets import asset_path
+        from ..assets import asset_path
 
         OmegaConf.register_new_resolver("asset", asset_path)
 
