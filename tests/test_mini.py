@@ -151,9 +151,14 @@ def test_the_ranking_is_shown_beside_another_committed_report_re_ranked_among_th
     # another report's ranks among 10 methods; mora1 (its rank 1) is missing from it, and head has none
     ranks = {"mora6": 2, "bitfit": 3, "difffit": 4, "lora": 5, "vera": 6, "dora": 7, "onelora": 8,
              "onelora_norms": 9, "full": 10, "head": None}  # fmt: skip
-    pd.DataFrame({"method": list(ranks), "lr per method": 0.0, "lr per method rank": list(ranks.values())}).to_csv(
-        other / "ranking.csv", index=False
-    )
+    pd.DataFrame(  # its own beside-ranks (a column "<folder>: ... rank") are not shown again
+        {
+            "method": list(ranks),
+            "lr per method": 0.0,
+            "lr per method rank": list(ranks.values()),
+            "results/mini: lr per method rank": 1.0,
+        }  # fmt: skip
+    ).to_csv(other / "ranking.csv", index=False)
     manifest = dataclasses.replace(manifest, rank_beside=(str(other), str(tmp_path / "absent")))
     summary = pd.DataFrame(
         [
@@ -167,5 +172,5 @@ def test_the_ranking_is_shown_beside_another_committed_report_re_ranked_among_th
     assert beside.isna()[["mora1", "head"]].all()
     assert beside.drop(["mora1", "head"]).tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9]  # re-ranked among the nine
     text = ranking_markdown(frame.reset_index(), manifest)
-    assert f"rank in {other}: lr per method" in text
+    assert f"rank in {other}: lr per method" in text and "results/mini: lr per method" not in text
     assert f"No ranking in {tmp_path / 'absent'} (its ranking.csv is missing)." in text

@@ -97,7 +97,7 @@ def ranking_frame(summary: pd.DataFrame, manifest: Manifest) -> pd.DataFrame:
     for folder in manifest.rank_beside:  # another committed report's ranks (e.g. make mini's), where it exists
         path = ROOT / folder / "ranking.csv"
         other = pd.read_csv(path).set_index("method") if path.is_file() else pd.DataFrame()
-        for col in [c for c in other.columns if c.endswith(" rank") and c != "paper_rank"]:
+        for col in [c for c in other.columns if c.endswith(" rank") and c != "paper_rank" and ": " not in c]:
             # re-ranked among the methods ranked here (another paper table may report other methods)
             out[f"{folder}: {col}"] = out.method.map(other[col]).where(out.paper.notna()).rank(method="min")
     return out
