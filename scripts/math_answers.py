@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from onelora.data.metamath import _valid
     from onelora.run.checkpoints import RunError, load_run, load_run_config
+    from onelora.run.logs import quiet_dependencies
+
+    quiet_dependencies()  # no transformers loading bar between the script's lines
 
     run_dir = args.run_dir.resolve()
     ckpt = args.ckpt or run_dir / "checkpoints" / "last.ckpt"

@@ -39,6 +39,9 @@ def test_times_and_marks_are_not_compared_values_are() -> None:
     assert differ == 2
     assert "| Head only | 55.36 ± 0.63 | 57.81 ± 0.32 | no |" in lines
     assert lines[-1] == "table 2: 1 of 4 compared cells differ: 1LoRA 0.001 46.67 -> 47.41"
+    grown = REF.replace("| 1LoRA | 46.67 | **58.52** |", "| 1LoRA | 46.67 | **58.52** |\n| BitFit | 45.93 | 60.00 |")
+    lines, differ = compare(REF, grown)  # a row only this run has: its 2 cells differ, of the 3 rows' 6
+    assert differ == 2 and lines[-1].startswith("table 2: 2 of 6 compared cells differ: BitFit 0.001 – -> 45.93")
 
 
 def test_the_verdict_follows_the_comparison_and_no_reference_gives_none(tmp_path: Path) -> None:

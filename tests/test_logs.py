@@ -13,7 +13,9 @@ from onelora.run.logs import ConsoleFilter, quiet_dependencies
 def restore_loggers():
     names = ("huggingface_hub", "transformers", "lightning")
     saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names}
+    root = list(logging.getLogger().handlers)
     yield
+    logging.getLogger().handlers[:] = root
     for n, (handlers, propagate) in saved.items():
         logger = logging.getLogger(n)
         logger.handlers[:] = handlers
@@ -33,3 +35,13 @@ def test_hub_retries_and_transformers_warnings_reach_the_log_not_the_screen(rest
     error = logging.LogRecord("transformers.modeling_utils", logging.ERROR, "", 0, "broken", None, None)
     console = ConsoleFilter()
     assert not console.filter(retry) and console.filter(ours) and console.filter(error)
+
+
+def test_a_script_without_hydras_logging_shows_errors_not_a_dependencys_warnings(restore_loggers, capsys) -> None:
+    logging.getLogger().handlers[:] = []  # a script's process: no handler until quiet_dependencies()
+    quiet_dependencies()
+    log = logging.getLogger("transformers.modeling_utils")
+    log.warning("BertForSequenceClassification LOAD REPORT: classifier.weight MISSING")
+    log.error("broken checkpoint")
+    err = capsys.readouterr().err
+    assert "LOAD REPORT" not in err and "broken checkpoint" in err

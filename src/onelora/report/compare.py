@@ -53,7 +53,7 @@ def compare(reference: str, fresh: str, n_shown: int = 5) -> tuple[list[str], in
         if metric is not None:
             out += [f"| {header[0]} ({header[metric]}) | committed | this run | same? |", "|---|---:|---:|---|", *shown]
             continue
-        cells = len(compared) * len(old_rows)
+        cells = len(compared) * len({**old_rows, **new_rows})  # rows of either side: a missing row's cells differ
         more = "; ..." if len(changed) > n_shown else ""
         out.append(f"table {k}: all {cells} compared cells the same" if not changed else
                    f"table {k}: {len(changed)} of {cells} compared cells differ: {'; '.join(changed[:n_shown])}{more}")  # fmt: skip

@@ -63,6 +63,12 @@ def quiet_dependencies() -> None:
         logger.propagate = True
     # Lightning advertises its cloud loggers on every Trainer; nobody needs that, not even in the file
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvert())
+    root = logging.getLogger()
+    if not root.handlers:  # a script, not a Hydra job: else logging's last resort prints every warning raw
+        console = logging.StreamHandler()
+        console.addFilter(ConsoleFilter())
+        console.setFormatter(ConsoleFormatter())
+        root.addHandler(console)
     logging.captureWarnings(True)
     transformers.utils.logging.disable_progress_bar()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
