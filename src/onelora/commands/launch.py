@@ -1,5 +1,6 @@
-"""What `scripts/sweep.py` launches for a manifest, and how: the Hydra multirun commands, the per-method choice
-of a tuned value (a manifest's `tune`), and running them (several at a time, optionally behind one progress bar).
+"""What `scripts/sweep.py` launches for a manifest, and how: the Hydra multirun commands and running them (several
+at a time, optionally behind one progress bar); the per-method choice of a tuned value (a manifest's `tune`) is
+`onelora.report.tuning.choose`.
 
 Stages run in order; the commands of one stage may run in parallel (`jobs`). A manifest with `tune` has two
 stages: the selection runs (every method x every grid value, on their own split), then the groups, the tuned

@@ -15,13 +15,13 @@ then kept as a transformers folder (fp32 safetensors and the tokenizer) under `$
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import os
 import shutil
 from functools import cache
 from pathlib import Path
 
+from ..assets import sha256
 from ..errors import ModelError
 
 PREFIX = "pkg:"
@@ -118,11 +118,3 @@ def locate(dist: str, file: str) -> Path:
             f"{path} is corrupt or truncated (SHA-256 differs from the pinned one); reinstall: {REINSTALL}"
         )
     return path
-
-
-def sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

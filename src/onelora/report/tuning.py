@@ -1,5 +1,6 @@
-"""Report sections for a manifest with `tune` (the per-method choice of a value on selection runs) and
-`rank_against` (our ranking of the methods beside a paper table's).
+"""A manifest's `tune`: each method's value chosen on its selection runs (`choose`, which the sweep uses too), and
+the report's sections for it and for `rank_against` / `rank_beside` (our ranking beside a paper table's and other
+committed reports').
 """
 
 from __future__ import annotations

@@ -34,11 +34,7 @@ from typing import Any
 
 from torch import nn
 
-
-def _config_error(msg: str) -> Exception:
-    from ..errors import ConfigError
-
-    return ConfigError(msg)
+from ..errors import ConfigError
 
 
 def import_class(path: str) -> type:
@@ -47,9 +43,9 @@ def import_class(path: str) -> type:
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise _config_error(f"cannot import {path!r} named in the trainer's strategy config: {e}") from None
+        raise ConfigError(f"cannot import {path!r} named in the trainer's strategy config: {e}") from None
     if not isinstance(cls, type):
-        raise _config_error(f"{path!r} is not a class")
+        raise ConfigError(f"{path!r} is not a class")
     return cls
 
 
@@ -82,7 +78,7 @@ def check_uniform_dtypes(model: nn.Module, unit_classes: Sequence[type]) -> None
                 dtypes.setdefault(p.dtype, name)
         if len(dtypes) > 1:
             found = ", ".join(f"{str(d).removeprefix('torch.')} ({n})" for d, n in dtypes.items())
-            raise _config_error(
+            raise ConfigError(
                 f"FSDP flattens each wrapped unit into one tensor of one dtype, but unit {unit or '<root>'!r} holds "
                 f"{found}: the method trains tensors stored beside the frozen weights (e.g. BitFit's β, DiffFit's γ); "
                 "use trainer=deepspeed, or task.weights_dtype=float32"
@@ -135,7 +131,7 @@ def _wrap_units(strategy: str, layer_classes: Sequence[str], wrap_adapters: bool
     """The layer classes to wrap, and the sharding units: those layers, plus each adapter when asked."""
     layers = [import_class(p) for p in layer_classes]
     if not layers:
-        raise _config_error(f"{strategy} needs at least one layer class to wrap (layer_classes=)")
+        raise ConfigError(f"{strategy} needs at least one layer class to wrap (layer_classes=)")
     units = list(layers)
     if wrap_adapters:
         from ..peft.layer import Adapter
@@ -177,7 +173,7 @@ def fsdp_strategy(
 def deepspeed_strategy(stage: int = 2, exclude_frozen_parameters: bool = True, **kwargs: Any) -> Any:
     """Lightning's DeepSpeedStrategy (ZeRO `stage`); a one-line error where deepspeed is not installed."""
     if importlib.util.find_spec("deepspeed") is None:
-        raise _config_error(
+        raise ConfigError(
             "trainer=deepspeed needs the deepspeed package, which is not installed: `pip install deepspeed` on the "
             "GPU nodes (it builds CUDA ops), or use trainer=fsdp"
         )
