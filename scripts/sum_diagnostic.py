@@ -35,9 +35,9 @@ def sentence_ids(cfg, n: int):  # noqa: ANN001, ANN201
     from transformers import AutoTokenizer
 
     from onelora.data.movies import split
-    from onelora.models.packaged import resolve
+    from onelora.models.packaged import local_source
 
-    tok = AutoTokenizer.from_pretrained(str(resolve(cfg.model.tokenizer)))
+    tok = AutoTokenizer.from_pretrained(local_source(cfg.model.tokenizer))
     rows = []
     for text, _ in split(cfg.paths.data_dir, "test"):
         ids = tok(text)["input_ids"]

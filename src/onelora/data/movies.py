@@ -192,10 +192,9 @@ class SentimentDataModule(L.LightningDataModule):
             return
         from transformers import AutoTokenizer
 
-        from ..models.packaged import is_packaged, resolve
+        from ..models.packaged import local_source
 
-        source = str(resolve(self.tokenizer_source)) if is_packaged(self.tokenizer_source) else self.tokenizer_source
-        tok = AutoTokenizer.from_pretrained(source)
+        tok = AutoTokenizer.from_pretrained(local_source(self.tokenizer_source))
         self.train_set = SentenceSet(split(self.data_dir, "train", self.train_size), tok, self.max_length)
         self.val_set = SentenceSet(split(self.data_dir, self.eval_split, self.eval_size), tok, self.max_length)
 

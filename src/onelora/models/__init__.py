@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError  # noqa: F401  (re-exported: onelora.models.ModelError)
-from .packaged import is_packaged, resolve
+from .packaged import is_packaged, local_source
 
 
 def _import(path: str) -> Any:
@@ -149,8 +149,7 @@ def _build_transformers(spec: Mapping, arch: dict, overrides: dict, source: str 
         kwargs = dict(overrides)
         if "num_labels" in kwargs:
             kwargs["ignore_mismatched_sizes"] = True  # a new task head replaces the pretrained one
-        if is_packaged(source):  # pkg:<dist>/<file>: an installed wheel's folder (checksummed; a GGUF dequantised)
-            source = str(resolve(source))
+        source = local_source(source)  # pkg:<dist>/<file>: a wheel's folder (checksummed; a GGUF dequantised)
         if spec.get("dtype"):
             kwargs["dtype"] = getattr(torch, spec["dtype"])
         return cls.from_pretrained(source, **kwargs)

@@ -49,6 +49,11 @@ def is_packaged(source: object) -> bool:
     return isinstance(source, str) and source.startswith(PREFIX)
 
 
+def local_source(source: str) -> str:
+    """`source` as `from_pretrained` takes it: a `pkg:` source resolved to its folder, anything else unchanged."""
+    return str(resolve(source)) if is_packaged(source) else source
+
+
 def resolve(source: str) -> Path:
     """`pkg:<dist>/<file>` -> a folder `from_pretrained` reads (model and tokenizer); checksum verified first."""
     dist, _, file = source[len(PREFIX) :].partition("/")
